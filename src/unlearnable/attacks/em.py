@@ -14,7 +14,7 @@ from ..params import check, check_choice
 from ..pgd import PGD, cross_entropy_loss
 from ..training import TrainConfig, Trainer, predict, resolve_device, seed_everything
 from .base import Attack
-from .surrogate import make_surrogate
+from .surrogate import frozen, make_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ class EM(Attack):
         return (x[idx] + d * in_idx[idx].view(-1, 1, 1, 1)).clamp(0, 1)
 
     def _sweep(self, pgd: PGD, model, x, y, delta, index: torch.Tensor) -> torch.Tensor:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        model = frozen(model)
         order = index if not self.classwise else index[torch.randperm(len(index)).to(index.device)]
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
@@ -137,14 +135,12 @@ class EM(Attack):
                 delta = pgd.run(loss, x[idx], delta, groups=y[idx])
             else:
                 delta[idx] = pgd.run(loss, x[idx], delta[idx])
-        for p in model.parameters():
-            p.requires_grad_(True)
         return delta
 
     def _error(self, model, x, y, delta, index) -> float:
         idx = torch.as_tensor(index, device=x.device)
         d = delta[y[idx]] if self.classwise else delta[idx]
-        pred = predict(model, (x[idx] + d).clamp(0, 1), amp=False)
+        pred = predict(frozen(model), (x[idx] + d).clamp(0, 1))
         return float((pred != y[idx]).float().mean())
 
 

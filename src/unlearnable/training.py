@@ -26,7 +26,8 @@ from torch import nn
 from . import progress
 from .data import ImageSet
 from .errors import UnlearnableError
-from .models import create_model
+from .models import CLASSICAL, create_model
+from .models.classical import PixelClassifier
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +139,20 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, total_steps: int, image_size: int,
-                 flip: bool = True, device: torch.device | None = None, gen: torch.Generator | None = None):
+                 flip: bool = True, device: torch.device | None = None, gen: torch.Generator | None = None,
+                 lr_lambda: Callable[[int], float] | None = None):
         self.cfg, self.model = cfg, model
         self.device = device or resolve_device(cfg.device)
         self.amp = cfg.amp if cfg.amp is not None else fast_bf16(self.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else (0 if image_size <= 28 else 4)
+        self.crop_pad = cfg.crop_pad if cfg.crop_pad is not None else default_crop_pad(image_size)
         self.flip = flip if cfg.flip is None else cfg.flip
         self.gen = gen or torch.Generator().manual_seed(cfg.seed)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                                    weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(cfg, max(total_steps, 1)))
+        # lr_lambda: a method's own schedule (step -> factor of cfg.lr), e.g. REM's step decay
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda or _schedule(cfg, max(total_steps, 1)))
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cfg.augment:
@@ -197,6 +200,8 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
     """Predicted labels for float (or uint8) images, in eval mode (bf16 autocast where it is fast)."""
+    if isinstance(model, PixelClassifier):
+        return torch.from_numpy(np.asarray(model.predict(x), dtype=np.int64))
     model.eval()
     dev = next(model.parameters()).device
     amp = fast_bf16(dev) if amp is None else amp
@@ -219,6 +224,11 @@ def evaluate(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor
     return float((pred.cpu() == y.cpu()).float().mean()) if len(y) else float("nan")
 
 
+def default_crop_pad(image_size: int) -> int:
+    """The victim's random-crop padding: none for <= 28 px (BENCHMARKS.md), 4 above (the CIFAR recipe)."""
+    return 0 if image_size <= 28 else 4
+
+
 def default_flip(source: str) -> bool:
     return not any(source.startswith(s) for s in NO_FLIP_SOURCES)
 
@@ -236,7 +246,11 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if isinstance(model, str):
+        if model in CLASSICAL:
+            model_kwargs.setdefault("seed", cfg.seed)
         model = create_model(model, trainset.channels, trainset.num_classes, trainset.image_size[0], **model_kwargs)
+    if isinstance(model, PixelClassifier):
+        return _fit_classical(model, trainset, testset, description)
     x = torch.from_numpy(np.array(trainset.x)).to(device)  # a copy: saved sets are read-only memory maps
     y = torch.from_numpy(trainset.y).to(device)
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
@@ -266,4 +280,23 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             log.info("epoch %d: %s", epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
+    return result
+
+
+def _fit_classical(model: PixelClassifier, trainset: ImageSet, testset: ImageSet | None,
+                   description: str) -> TrainResult:
+    """One scikit-learn fit on the flattened training pixels (one 'epoch' in the history)."""
+    result = TrainResult(model)
+    with progress.task(f"{description} (scikit-learn)", total=1) as advance:
+        t0 = time.perf_counter()
+        model.fit(trainset.x, trainset.y)
+        result.seconds = time.perf_counter() - t0
+        advance(1)
+    sample = np.random.default_rng(0).permutation(len(trainset))[:5000]  # kernel SVMs predict slowly
+    train_acc = float((model.predict(trainset.x[np.sort(sample)]) == trainset.y[np.sort(sample)]).mean())
+    row = {"epoch": 1, "train_loss": float("nan"), "train_acc": train_acc, "seconds": round(result.seconds, 3)}
+    if testset is not None:
+        row["test_acc"] = float((model.predict(testset.x) == testset.y).mean())
+    result.history.append(row)
+    log.info("%s: %s", description, row)
     return result

@@ -11,6 +11,7 @@ _A = "unlearnable.attacks"
 ATTACKS.add("random-noise", f"{_A}.random_noise:RandomNoise",
             "uniform noise in the L-inf ball, sample- or class-wise (baseline)")
 ATTACKS.add("em", f"{_A}.em:EM", "error-minimising noise, min-min (Huang et al., ICLR 2021)")
+ATTACKS.add("rem", f"{_A}.rem:REM", "robust error-minimising noise, survives adversarial training (Fu et al., ICLR 2022)")
 ATTACKS.add("tap", f"{_A}.tap:TAP", "targeted adversarial poisoning toward (y+1) mod C (Fowl et al., NeurIPS 2021)")
 ATTACKS.add("sep", f"{_A}.sep:SEP", "self-ensemble protection: PGD over checkpoints (Chen et al., ICLR 2023)")
 ATTACKS.add("label-flip", f"{_A}.label_flip:LabelFlip", "random label flips of a fraction (DeepConfuse's baseline)")

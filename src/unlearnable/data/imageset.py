@@ -83,8 +83,8 @@ class ImageSet:
         """Images as float32 in [0, 1] and labels as int64, both torch tensors on ``device``."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(self.x)).to(device)
-        return x.float().div_(255), torch.from_numpy(self.y).to(device)
+        x = torch.from_numpy(np.require(self.x, requirements=["C", "W"])).to(device)  # copies read-only maps
+        return x.float().div_(255), torch.from_numpy(np.require(self.y, requirements=["C", "W"])).to(device)
 
     def with_float_images(self, x_float, **changes: Any) -> "ImageSet":
         """A new ImageSet from float images in [0, 1] (a tensor or array), rounded to 8 bits."""

@@ -1,7 +1,9 @@
 """Victim and surrogate architectures behind one registry.
 
 Every factory takes ``in_channels``, ``num_classes`` and ``image_size`` (height) and returns a ``torch.nn.Module``
-mapping float images in [0, 1] to logits. Create one with :func:`create_model`.
+mapping float images in [0, 1] to logits - or, for the classical victims (``svm-linear``, ``svm-rbf``,
+``random-forest``), a :class:`~unlearnable.models.classical.PixelClassifier` that the trainer fits on flattened
+pixels. Create one with :func:`create_model`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,12 @@ MODELS.add("vgg11", f"{_M}.zoo:vgg11", "VGG-11 with batch norm (torchvision; lin
 MODELS.add("vgg16", f"{_M}.zoo:vgg16", "VGG-16 with batch norm (torchvision; linear head for small images)")
 MODELS.add("mobilenetv2", f"{_M}.zoo:mobilenetv2", "MobileNetV2 (torchvision; stride-1 stem for small images)")
 MODELS.add("densenet121", f"{_M}.zoo:densenet121", "DenseNet-121 (torchvision; 3x3 stride-1 stem for small images)")
+MODELS.add("svm-linear", f"{_M}.classical:svm_linear", "scikit-learn linear SVM on flattened pixels (victim only)")
+MODELS.add("svm-rbf", f"{_M}.classical:svm_rbf",
+           "scikit-learn RBF SVM, C=200, gamma=0.01, on a 10k subset of flattened pixels (victim only)")
+MODELS.add("random-forest", f"{_M}.classical:random_forest",
+           "scikit-learn random forest, 100 trees, on flattened pixels (victim only)")
+CLASSICAL = ("svm-linear", "svm-rbf", "random-forest")  # fitted by scikit-learn; no gradients, no surrogates
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, **kwargs):

@@ -1,0 +1,96 @@
+"""Attack benchmark: crafting seconds and the clean test accuracy of a victim trained on the poisoned set.
+
+For each budget: poison the training split with a registered attack (any ``--set key=value`` option), train the
+victim (default: the package's default victim and recipe) on it, report final and peak clean test accuracy next
+to the same victim trained on clean data. One JSON line per run is appended to ``--json``.
+
+    python benchmarks/bench_attacks.py --attack em --set mode=class --eps 8,16,32
+    python benchmarks/bench_attacks.py --data folder:/tmp/cifar10-jpeg75-dev --attack tap --set preset=fast --eps 8
+
+``--train-subset N`` takes a stratified seeded subset of the training split (the full split by default).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import time
+
+import torch
+
+from unlearnable.attacks import create_attack
+from unlearnable.data import load
+from unlearnable.params import parse_eps
+from unlearnable.training import TrainConfig, train
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--attack", required=True)
+    ap.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--eps", default="8", help="comma-separated budgets in /255 units (or 0.3-style fractions)")
+    ap.add_argument("--train-subset", type=int, default=0)
+    ap.add_argument("--victim", default="cnn")
+    ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-clean", action="store_true", help="skip the clean reference run")
+    ap.add_argument("--json", default="benchmarks/results/attacks.jsonl")
+    ap.add_argument("--save", default="", help="directory to keep each poisoned set in (for defense benchmarks)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    train_set, test_set = load(args.data)
+    if args.train_subset:
+        train_set = train_set.take(args.train_subset, seed=args.seed)
+    cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
+    options = dict(o.split("=", 1) for o in args.options)
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__, "data": args.data, "train": len(train_set), "test": len(test_set),
+            "victim": args.victim, "victim_epochs": args.victim_epochs, "seed": args.seed}
+    rows = []
+    if not args.no_clean:
+        r = train(train_set, test_set, args.victim, cfg, description="clean victim")
+        rows.append({**meta, "attack": "clean", "eps": 0, "final": r.test_acc, "peak": r.peak_test_acc,
+                     "craft_s": 0.0})
+        _emit(rows[-1], args.json)
+    for eps_text in args.eps.split(","):
+        eps = parse_eps(eps_text if "/" in eps_text or "." in eps_text else f"{eps_text}/255")
+        attack = create_attack(args.attack, eps=eps, seed=args.seed, **options)
+        t0 = time.perf_counter()
+        poisoned = attack.poison(train_set)
+        craft = time.perf_counter() - t0
+        if args.save:
+            from pathlib import Path
+
+            from unlearnable.data import save_set
+
+            tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
+            save_set(poisoned, Path(args.save) / tag.replace("/", "_"), overwrite=True)
+        r = train(poisoned, test_set, args.victim, cfg, description="poisoned victim")
+        extra = {k: getattr(attack, k) for k in ("rounds_", "final_error_") if hasattr(attack, k)}
+        rows.append({**meta, "attack": args.attack, "options": options, "eps": round(eps * 255, 2),
+                     "final": r.test_acc, "peak": r.peak_test_acc, "craft_s": round(craft, 1), **extra})
+        _emit(rows[-1], args.json)
+    print("\n| attack | options | eps (/255) | crafting s | victim final | victim peak |\n|---|---|---|---|---|---|")
+    for row in rows:
+        opts = " ".join(f"{k}={v}" for k, v in row.get("options", {}).items())
+        print(f"| {row['attack']} | {opts} | {row['eps']} | {row['craft_s']} | {row['final']:.2%} | "
+              f"{row['peak']:.2%} |")
+
+
+def _emit(row: dict, path: str) -> None:
+    from pathlib import Path
+
+    print(json.dumps(row), flush=True)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

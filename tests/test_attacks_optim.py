@@ -86,3 +86,29 @@ def test_em_resumes_from_checkpoint(tmp_path, data):
     assert same.load_state()["round"] == 2  # ...the same parameters -> resumed at round 2
     np.testing.assert_array_equal(same.poison(sub).x, interrupted.poison(sub).x)
     assert full.x.shape == sub.x.shape
+
+
+def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
+    from unlearnable.attacks.rem import REM
+
+    sub = data.take(200, seed=1)
+    opts = dict(eps=EPS, train_steps=4, model_checkpoint_every=2, steps=2, eot=1, adv_steps=1, batch_size=64, seed=3)
+    full = create_attack("rem", **opts).poison(sub)
+    crashed = create_attack("rem", **opts)
+    crashed.checkpoint = str(tmp_path / "state.pt")
+    calls, noise = [], REM._noise
+
+    def crash_on_fourth_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 4:  # after the state saved at step 2
+            raise KeyboardInterrupt
+        return noise(self, *args)
+
+    monkeypatch.setattr(REM, "_noise", crash_on_fourth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.poison(sub)
+    monkeypatch.setattr(REM, "_noise", noise)
+    resumed = create_attack("rem", **opts)
+    resumed.checkpoint = crashed.checkpoint
+    assert resumed.load_state()["step"] == 2
+    np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted

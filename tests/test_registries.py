@@ -95,6 +95,14 @@ def test_defense_contract(name, tiny):
     assert out.provenance["purified_by"]["method"] == name
 
 
+@pytest.mark.parametrize("name", ["em", "rem", "tap", "sep"])
+def test_surrogate_attacks_refuse_classical_or_unknown_models(name):
+    with pytest.raises(UnlearnableError, match="scikit-learn"):
+        create_attack(name, model="svm-linear")
+    with pytest.raises(UnlearnableError, match="known"):
+        create_attack(name, model="resnet19")
+
+
 def test_defense_bad_parameters():
     with pytest.raises(UnlearnableError):
         create_defense("jpeg", quality=0)

@@ -259,9 +259,10 @@ class DeepConfuse(Attack):
               "train_size, holdout, score_size and time_limit must not be negative")
         check(self.holdout >= 1, "holdout must be at least 1 (the trials are scored on it)")
         check(self.score_epochs >= 1, f"score_epochs must be at least 1, got {self.score_epochs}")
-        from ..models import MODELS
+        from ..models import CLASSICAL, MODELS
 
-        check(self.surrogate in MODELS, f"unknown surrogate model {self.surrogate!r}")
+        check(self.surrogate in MODELS and self.surrogate not in CLASSICAL,
+              f"surrogate must be a torch model of the registry, got {self.surrogate!r}")
         check(self.victim in MODELS, f"unknown victim model {self.victim!r}")
 
     # ------------------------------------------------------------------------------------------------ crafting

@@ -14,7 +14,7 @@ from ..params import check, check_choice
 from ..pgd import PGD, cross_entropy_loss
 from ..training import TrainConfig, Trainer, predict, resolve_device, seed_everything
 from .base import Attack
-from .surrogate import frozen, make_surrogate
+from .surrogate import check_surrogate, frozen, make_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class EM(Attack):
     }
 
     def validate(self) -> None:
+        check_surrogate(self.model)
         check_choice("mode", self.mode, ("sample", "class"))
         check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")

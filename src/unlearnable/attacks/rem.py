@@ -16,7 +16,7 @@ from ..training import (TrainConfig, Trainer, default_crop_pad, default_flip, pr
                         seed_everything)
 from .base import Attack
 from .em import _Batches
-from .surrogate import frozen, make_surrogate
+from .surrogate import check_surrogate, frozen, make_surrogate
 
 log = logging.getLogger(__name__)
 SAVE_EVERY_S = 60  # while regenerating the noise, the resumable state is written at most this often
@@ -72,6 +72,7 @@ class REM(Attack):
     }
 
     def validate(self) -> None:
+        check_surrogate(self.model)
         check(self.steps >= 1 and self.eot >= 1 and self.adv_steps >= 0 and self.train_steps >= 0,
               "steps >= 1, eot >= 1, adv_steps >= 0 and train_steps >= 0 are required")
         check(0 <= self.rho <= 1, f"rho must lie in [0, 1], got {self.rho}")
@@ -98,6 +99,7 @@ class REM(Attack):
         idx_t = torch.as_tensor(index, device=device)
         delta = torch.zeros((len(index), *x_all.shape[1:]), device=device)
         step, done = 0, 0
+        batches = _Batches(len(index), self.batch_size, gen, device)
         state = self.load_state()
         if state is not None:
             model.load_state_dict(state["model"])
@@ -108,7 +110,7 @@ class REM(Attack):
                 delta = state["delta"].to(device)
             gen.set_state(state["gen"])
             torch.set_rng_state(state["torch_rng"])  # kornia draws its augmentations from the global generator
-        batches = _Batches(len(index), self.batch_size, gen, device)
+            batches.perm, batches.pos = state["perm"], state["pos"]
         with progress.task("rem (surrogate)", total=self.train_steps) as advance:
             advance(step)
             while step < self.train_steps:
@@ -122,7 +124,7 @@ class REM(Attack):
                 step += 1
                 advance(1)
                 if step % self.model_checkpoint_every == 0 or step == self.train_steps:
-                    self._save(model, trainer, gen, step, 0, None)
+                    self._save(model, trainer, gen, batches, step, 0, None)
         final = frozen(model)
         chunk, saved = 512, time.monotonic()
         with progress.task("rem (noise)", total=len(index)) as advance:
@@ -132,7 +134,7 @@ class REM(Attack):
                 delta[b:b + len(idx)] = self._noise(final, x_all[idx], y_all[idx], gen)
                 advance(len(idx))
                 if time.monotonic() - saved > SAVE_EVERY_S:
-                    self._save(model, trainer, gen, step, b + len(idx), delta)
+                    self._save(model, trainer, gen, batches, step, b + len(idx), delta)
                     saved = time.monotonic()
         with torch.no_grad():
             pred = predict(final, (x_all[idx_t] + delta).clamp(0, 1), amp=False)
@@ -155,8 +157,9 @@ class REM(Attack):
 
         return self._defend.run(robust_loss, x, generator=gen)
 
-    def _save(self, model, trainer, gen, step: int, done: int, delta: torch.Tensor | None) -> None:
+    def _save(self, model, trainer, gen, batches, step: int, done: int, delta: torch.Tensor | None) -> None:
         self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
                          "sched": trainer.sched.state_dict(), "gen": gen.get_state(),
+                         "perm": batches.perm, "pos": batches.pos,
                          "torch_rng": torch.get_rng_state(), "step": step, "done": done,
                          "delta": None if delta is None else delta.cpu()})

@@ -10,7 +10,7 @@ from ..params import check
 from ..pgd import PGD
 from ..training import resolve_device, seed_everything
 from .base import Attack
-from .surrogate import clean_surrogate
+from .surrogate import check_surrogate, clean_surrogate
 from .tap import targeted_pgd
 
 
@@ -48,6 +48,7 @@ class SEP(Attack):
                "paper": {"model": "resnet18", "surrogate_epochs": 120}}
 
     def validate(self) -> None:
+        check_surrogate(self.model)
         check(self.steps >= 1 and self.checkpoints >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, checkpoints, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")

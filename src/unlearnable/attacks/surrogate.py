@@ -11,15 +11,23 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, cache_dir
-from ..models import MODELS, create_model
+from ..errors import UnlearnableError
+from ..models import CLASSICAL, MODELS, create_model
 from ..training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
 
+def check_surrogate(name: str) -> None:
+    """Fail early (when an attack is configured) on an unknown or non-differentiable surrogate architecture."""
+    MODELS.get(name)
+    if name in CLASSICAL:
+        raise UnlearnableError(f"{name} is a scikit-learn victim; a surrogate must be a torch model (e.g. cnn)")
+
+
 def make_surrogate(name: str, data: ImageSet, device: torch.device) -> nn.Module:
     """A fresh registry model ``name`` for ``data``'s channels, classes and image size, on ``device``."""
-    MODELS.get(name)
+    check_surrogate(name)
     model = create_model(name, data.channels, data.num_classes, data.image_size[0])
     return model.to(device, memory_format=torch.channels_last)
 

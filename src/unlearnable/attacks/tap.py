@@ -12,7 +12,7 @@ from ..params import check
 from ..pgd import PGD, cross_entropy_loss, differentiable_augment
 from ..training import default_flip, resolve_device, seed_everything
 from .base import Attack
-from .surrogate import clean_surrogate
+from .surrogate import check_surrogate, clean_surrogate
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TAP(Attack):
                                                                                  "surrogate_epochs": 40}}
 
     def validate(self) -> None:
+        check_surrogate(self.model)
         check(self.steps >= 1 and self.restarts >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, restarts, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")

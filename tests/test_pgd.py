@@ -52,3 +52,13 @@ def test_bad_parameters():
         PGD(eps=0.1, step_size=0.01, steps=1, norm="l1")
     with pytest.raises(UnlearnableError):
         PGD(eps=0.1, step_size=0, steps=1)
+
+
+def test_saturated_pixels_can_move_inward():
+    """Black and white pixels (half of a Fashion-MNIST image is 0) must be perturbable: the step is taken from the
+    gradient at the perturbed image, since torch's clamp passes no gradient at 0 or 1."""
+    x = torch.cat([torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)])
+    toward_grey = lambda z: ((z - 0.5) ** 2).sum()  # minimised by moving every pixel toward 0.5
+    delta = PGD(eps=8 / 255, step_size=2 / 255, steps=4).run(toward_grey, x)
+    assert torch.allclose(delta[:2], torch.full_like(delta[:2], 8 / 255))
+    assert torch.allclose(delta[2:], torch.full_like(delta[2:], -8 / 255))

@@ -51,6 +51,8 @@ def test_list_is_fast_and_lists():
     (["train", "--model", "nope"], "unknown model"),
     (["train", "--data", "folder:{tmp}/missing"], "does not exist"),
     (["list", "things"], "unknown kind"),
+    (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
+    (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     args = [a.format(tmp=tmp_path) for a in args]
@@ -86,3 +88,22 @@ def test_tampered_set_is_refused(tmp_path):
         f.seek(-1, 2)
         f.write(b"\x07")
     assert "SHA-256" in one_line_error(run("train", "--data", str(out)))
+
+
+def test_detect_purifies_only_the_flagged_samples(tmp_path):
+    import numpy as np
+
+    from unlearnable.data import load_set
+
+    poisoned = tmp_path / "half"
+    run("poison", "--attack", "random-noise", "--eps", "64/255", "--ratio", "0.5", "--subset", "1000",
+        "--set", "mode=class", "--out", str(poisoned), check_rc=0)
+    res = json.loads(run("detect", "--data", str(poisoned), "--method", "simple", "--purify", "bdr",
+                         "--out", str(tmp_path / "pur"), "--json", check_rc=0).stdout)
+    assert res["metrics"]["f1"] > 0.7, res  # class-wise noise at 64/255 is easy to spot
+    before, after = load_set(poisoned), load_set(tmp_path / "pur")
+    changed = np.flatnonzero((after.x != before.x).reshape(len(after.x), -1).any(1))
+    flagged = after.provenance["purified_by"]["flagged"]
+    assert len(flagged) == res["flagged"] and after.provenance["purified_by"]["only_flagged_by"] == "simple"
+    assert len(changed) > 0.8 * len(flagged) and set(changed) <= set(flagged)  # flagged samples only
+    assert np.array_equal(after.y, before.y)

@@ -230,9 +230,15 @@ def detect(
     data: str = typer.Option(..., "--data", "-d", help="a saved (possibly poisoned) set"),
     method: str = typer.Option("dvae", help="dvae (D-VAE residual) or simple (a tiny model's fitting speed)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),
+    purify_with: Optional[str] = typer.Option(None, "--purify", help="purify the flagged samples only with "
+                                              "this defense (e.g. dvae) and save the set to --out"),
+    purify_set: Optional[List[str]] = typer.Option(None, "--purify-set", help="purifier option key=value"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify writes the set"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1."""
+    """Score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
+    With --purify, purify only the flagged samples and save the result."""
     from .data import load
     from .detect import detect as run_detect
     from .params import parse_sets
@@ -240,16 +246,35 @@ def detect(
     options = parse_sets(set_)
     if method == "dvae":
         options.setdefault("preset", "fast")
+    defense = None
+    if purify_with is not None:
+        from .defenses import create_defense
+
+        if out is None:
+            raise UnlearnableError("--purify needs --out (where to write the purified set)")
+        pur_options = parse_sets(purify_set)
+        if purify_with == "dvae":
+            pur_options.setdefault("preset", "fast")
+        defense = create_defense(purify_with, **pur_options)
+        _check_out(out, overwrite)
     train, _ = load(data)
     result = run_detect(train, method=method, **options)
     changed = train.provenance.get("changed")
     summary = result.summary(changed)
+    if defense is not None:
+        from .data import save_set
+        from .detect import purify_flagged
+
+        save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
+        summary["purified"] = str(out)
     if json_:
         typer.echo(json.dumps(summary))
         return
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})")
     for k, v in summary.get("metrics", {}).items():
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    if "purified" in summary:
+        typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
 
 
 @app.command("dvae-check")

@@ -107,3 +107,15 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     assert len(flagged) == res["flagged"] and after.provenance["purified_by"]["only_flagged_by"] == "simple"
     assert len(changed) > 0.8 * len(flagged) and set(changed) <= set(flagged)  # flagged samples only
     assert np.array_equal(after.y, before.y)
+
+
+def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
+    out = tmp_path / "dc"
+    run("poison", "--attack", "deepconfuse", "--set", "preset=smoke", "--eps", "0.3", "--subset", "300",
+        "--out", str(out), check_rc=0)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"]["generator.safetensors"]["eps"] == pytest.approx(0.3)
+    assert "generator.safetensors" in manifest["sha256"]
+    run("protect", "--generator", str(out), "--data", str(out), "--out", str(tmp_path / "new"), check_rc=0)
+    again = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    assert again["method"] == "deepconfuse" and max(again["norms"]["linf"]) <= 76 / 255 + 1e-6

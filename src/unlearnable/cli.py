@@ -87,7 +87,8 @@ def poison(
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
     atk.checkpoint = str(out.parent / f".{out.name}.state.pt")  # an interrupted run resumes from here
     poisoned = atk.poison(train)
-    save_set(poisoned, out, clean=train, overwrite=overwrite)
+    files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
+    save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
     _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
          f"{poisoned.provenance['crafting_seconds']} s)")
 
@@ -203,7 +204,8 @@ def demo(
 
 @app.command()
 def protect(
-    generator: Path = typer.Option(..., "--generator", "-g", help="a saved DeepConfuse generator (.safetensors)"),
+    generator: Path = typer.Option(..., "--generator", "-g", help="a saved DeepConfuse generator (.safetensors), "
+                                   "or a set saved by `poison --attack deepconfuse` (its generator.safetensors)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec (e.g. folder:PATH) or saved set"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for the protected set"),
     batch_size: int = typer.Option(256, help="images per forward pass"),
@@ -215,7 +217,7 @@ def protect(
     from .attacks.deepconfuse import load_generator, protect_set
     from .data import export_png, load, save_set
 
-    gen = load_generator(generator)
+    gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator)
     train, _ = load(data)
     protected = protect_set(gen, train, batch_size=batch_size)
     if png:

@@ -81,6 +81,9 @@ class Attack:
         y[index] = np.asarray(labels, dtype=np.int64)
         provenance = {**data.provenance, "method": self.name, "params": self.params(), "seed": self.seed,
                       "changed": index.tolist(), "crafting_seconds": round(seconds, 2)}
+        artifacts = {name: meta for name, (_, meta) in self.artifacts().items()}
+        if artifacts:
+            provenance["artifacts"] = artifacts
         if self.changes_images:
             provenance["budget"] = {"norm": self.norm, "eps": self.eps}
         log.info("%s: poisoned %d of %d samples in %.1f s", self.name, len(index), len(data), seconds)
@@ -88,6 +91,11 @@ class Attack:
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def artifacts(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        """Files a trained attack leaves for reuse, saved next to the poisoned set: ``{file name: (bytes, config)}``
+        (the config goes into the manifest). DeepConfuse: its generator. Most attacks: none."""
+        return {}
 
     # ------------------------------------------------------------------------------------------------ resuming
     #: Where a long attack keeps its state between safe points (set by the caller, e.g. the CLI); None: nowhere.

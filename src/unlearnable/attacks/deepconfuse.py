@@ -49,6 +49,7 @@ from .base import Attack
 log = logging.getLogger(__name__)
 
 GENERATORS = ("auto", "ae", "unet", "deep")
+GENERATOR_FILE = "generator.safetensors"  # its name inside a saved poisoned set
 
 
 # ---------------------------------------------------------------------------------------------------- generators
@@ -116,13 +117,20 @@ def build_generator(arch: str, in_channels: int, image_size: int, eps: float, **
     return PerturbationGenerator(in_channels, eps, arch, image_size=image_size, **shape, **extra)
 
 
-def save_generator(generator: PerturbationGenerator, path: str | Path) -> Path:
-    """Write the generator's weights to a safetensors file; its JSON config goes in the file's metadata."""
-    from safetensors.torch import save_file
+def generator_bytes(generator: PerturbationGenerator) -> bytes:
+    """The generator as safetensors bytes: weights, and its JSON config in the metadata."""
+    from safetensors.torch import save
 
-    path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    save_file(state, str(path), metadata={"unlearnable.generator": json.dumps(generator.config)})
+    return save(state, metadata={"unlearnable.generator": json.dumps(generator.config)})
+
+
+def save_generator(generator: PerturbationGenerator, path: str | Path) -> Path:
+    """Write the generator to a safetensors file (:func:`generator_bytes`) via a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(generator_bytes(generator))
+    tmp.replace(path)
     return path
 
 
@@ -364,6 +372,13 @@ class DeepConfuse(Attack):
         pred = predict(model, torch.from_numpy(hold.x)).cpu().numpy()
         return {"clean_acc": float((pred == hold.y).mean()),
                 "target_rate": float((pred == (hold.y + 1) % data.num_classes).mean())}
+
+    def artifacts(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        """The trained generator, saved as ``generator.safetensors`` next to a poisoned set (``unlearnable poison``)
+        and reusable with ``unlearnable protect --generator DIR/generator.safetensors``."""
+        if not hasattr(self, "generator_"):
+            return {}
+        return {GENERATOR_FILE: (generator_bytes(self.generator_), dict(self.generator_.config))}
 
     def save_generator(self, path: str | Path) -> Path:
         """Save the trained generator (:func:`save_generator`); call after :meth:`poison` or :meth:`fit`."""

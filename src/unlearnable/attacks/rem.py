@@ -89,8 +89,10 @@ class REM(Attack):
         self._augment = differentiable_augment(size, default_flip(data.source), default_crop_pad(size))
         self._defend = PGD(eps=self.eps, step_size=self.step_size or 2 * self.eps / self.steps, steps=self.steps,
                            random_start=True, eot=self.eot)
-        self._attack = (PGD(eps=self.rho, step_size=self.adv_step_size or 2 * self.rho / max(self.adv_steps, 1), steps=self.adv_steps,
-                            maximize=True, random_start=True) if self.rho > 0 and self.adv_steps > 0 else None)
+        self._attack = None  # the inner maximisation; rho = 0 or no steps: EM with an augmentation expectation
+        if self.rho > 0 and self.adv_steps > 0:
+            self._attack = PGD(eps=self.rho, step_size=self.adv_step_size or 2 * self.rho / self.adv_steps,
+                               steps=self.adv_steps, maximize=True, random_start=True)
         model = make_surrogate(self.model, data, device)
         cfg = TrainConfig(lr=self.lr, batch_size=self.batch_size, augment=False, label_smoothing=0.0,
                           seed=self.seed, device=str(device))
@@ -116,10 +118,11 @@ class REM(Attack):
             while step < self.train_steps:
                 idx = idx_t[batches.next()]
                 x, y = x_all[idx], y_all[idx]
-                noise = self._noise(frozen(model), x, y, gen)
+                inference = frozen(model)  # eval mode, batch norm folded: the noise and the inner attack use it
+                noise = self._noise(inference, x, y, gen)
                 x_def = self._augment((x + noise).clamp(0, 1))
                 if self._attack is not None:
-                    x_def = x_def + self._attack.run(cross_entropy_loss(frozen(model), y), x_def, generator=gen)
+                    x_def = x_def + self._attack.run(cross_entropy_loss(inference, y), x_def, generator=gen)
                 trainer.step(x_def, y)
                 step += 1
                 advance(1)

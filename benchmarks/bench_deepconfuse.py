@@ -112,7 +112,11 @@ def main() -> None:
         for title, data in (("clean", train_set), ("DeepConfuse", protected)):
             result = train(victim_set(data), test_set, "svm-linear", cfg)
             w = result.model.weight_images(data.x.shape[1:])
-            scaled = 127.5 + 127.5 * w / np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1)
+            # per class, +-(99th percentile of |w|) -> white/black: a few rarely-lit border pixels get huge
+            # weights and would grey out everything else under max scaling
+            top = np.percentile(np.abs(w).reshape(len(w), -1), 99, axis=1).reshape(-1, 1, 1, 1)
+            scaled = 127.5 + 127.5 * w / np.maximum(top, 1e-12)
+            np.save(Path(args.png).with_suffix(f".{title.lower()}.npy"), w)
             rows.append((f"{title}\n{result.test_acc:.1%}", scaled.clip(0, 255).astype(np.uint8)))
             accs[title] = result.test_acc
         path = image_grid(rows, args.png, classes=train_set.classes, labels=np.arange(train_set.num_classes))

@@ -105,8 +105,9 @@ class EM(Attack):
                 for _ in range(self.train_steps):  # surrogate steps on the currently poisoned data
                     idx = batches.next()
                     trainer.step(self._poisoned(x_all, y_all, delta, idx, in_idx), y_all[idx])
-                delta = self._sweep(pgd, model, x_all, y_all, delta, torch.as_tensor(index, device=device))
-                error = self._error(model, x_all, y_all, delta, index)
+                inference = frozen(model)  # one eval copy (batch norm folded) for the sweep and the stop check
+                delta = self._sweep(pgd, inference, x_all, y_all, delta, torch.as_tensor(index, device=device))
+                error = self._error(inference, x_all, y_all, delta, index)
                 log.info("em round %d: surrogate error on poisoned data %.4f (stop < %.3f)", rnd + 1, error, stop)
                 advance(1, status=f"error {error:.3f}")
                 rounds = rnd + 1
@@ -127,7 +128,6 @@ class EM(Attack):
         return (x[idx] + d * in_idx[idx].view(-1, 1, 1, 1)).clamp(0, 1)
 
     def _sweep(self, pgd: PGD, model, x, y, delta, index: torch.Tensor) -> torch.Tensor:
-        model = frozen(model)
         order = index if not self.classwise else index[torch.randperm(len(index)).to(index.device)]
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
@@ -141,7 +141,7 @@ class EM(Attack):
     def _error(self, model, x, y, delta, index) -> float:
         idx = torch.as_tensor(index, device=x.device)
         d = delta[y[idx]] if self.classwise else delta[idx]
-        pred = predict(frozen(model), (x[idx] + d).clamp(0, 1))
+        pred = predict(model, (x[idx] + d).clamp(0, 1))
         return float((pred != y[idx]).float().mean())
 
 

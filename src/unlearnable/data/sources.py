@@ -225,7 +225,7 @@ def _cached_tree(root: Path):
     return x, y, classes, names
 
 
-@DATASETS.register("folder", help="folder:PATH - ImageFolder tree (PATH/train + PATH/test, or a seeded 80/20 split)")
+@DATASETS.register("folder", help="folder:PATH - ImageFolder tree (PATH/train + PATH/test, or a seeded 80/20 split of PATH or PATH/train)")
 def folder(path: str) -> tuple[ImageSet, ImageSet]:
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -238,7 +238,9 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
         parts = ImageSet(xtr, ytr, classes, split="train"), ImageSet(xte, yte, classes, split="test")
         parts[0].provenance["file_names"] = names
     else:
-        x, y, classes, names = _cached_tree(root)
+        subdirs = [d.name for d in root.iterdir() if d.is_dir()]
+        tree = root / "train" if subdirs == ["train"] else root  # a train/ tree shipped without its test/ half
+        x, y, classes, names = _cached_tree(tree)
         if len(classes) < 2:
             raise UnlearnableError(f"{root} has {len(classes)} class folder(s); at least 2 are needed")
         parts = split_train_test(x, y, classes)

@@ -6,7 +6,9 @@ Each SET_DIR is a saved poisoned training split (``unlearnable poison --out``, o
 For each: the victim on the poisoned set (before), the purifier's seconds, the victim on the purified set (after)
 and, with ``--clean``, the same purifier applied to the clean training split (what purification costs when there
 is nothing to remove). With ``--detect`` the D-VAE detector also scores the set and reports accuracy / precision /
-recall / F1 against the manifest's changed indices. One JSON line per result goes to ``--json``.
+recall / F1 against the manifest's changed indices. ``--ratios 0.2,0.4`` also runs each set partially poisoned
+(``data.partial``: the noise kept on a seeded fraction, the rest of the images clean). One JSON line per result
+goes to ``--json``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from unlearnable.data import clean_counterpart, load, load_set
+from unlearnable.data import clean_counterpart, load, load_set, partial
 from unlearnable.defenses import create_defense
 from unlearnable.training import TrainConfig, train
 
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("--clean", action="store_true", help="also purify the clean split of the first set's source")
     ap.add_argument("--data", default="", help="dataset spec for --clean when no set is given")
     ap.add_argument("--detect", action="store_true", help="also run D-VAE detection on each set")
+    ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="benchmarks/results/defenses.jsonl")
@@ -52,7 +55,14 @@ def main() -> None:
         with open(args.json, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    jobs = [(str(p), load_set(p)) for p in args.sets]
+    jobs = []
+    for p in args.sets:
+        data = load_set(p)
+        if not args.ratios:
+            jobs.append((str(p), data))
+            continue
+        clean = clean_counterpart(data)
+        jobs += [(f"{p}@{r}", partial(data, float(r), seed=args.seed, clean=clean)) for r in args.ratios.split(",")]
     if args.clean:
         source = jobs[0][1] if jobs else None
         clean = clean_counterpart(source) if source is not None else load(args.data)[0]
@@ -67,6 +77,7 @@ def main() -> None:
         after = train(purified, test, "cnn", cfg)
         row = {"set": name, "attack": data.provenance.get("method", "clean"),
                "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
+               "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
                "before": before, "after": after.test_acc, "after_peak": after.peak_test_acc,
                "purify_s": round(seconds, 1)}
         if args.detect and "changed" in data.provenance:

@@ -144,3 +144,22 @@ def test_imageset_validates():
         ImageSet(np.zeros((3, 1, 4, 4), np.uint8), np.zeros(2), ["a", "b"])
     with pytest.raises(UnlearnableError):
         ImageSet(np.zeros((3, 1, 4, 4), np.float32), np.zeros(3), ["a", "b"])
+
+
+def test_partial_keeps_a_seeded_fraction_of_the_poison(small_train):
+    from unlearnable.data import partial
+
+    clean = small_train.take(100)
+    poisoned = clean.replace(x=clean.x ^ 1, y=(clean.y + 1) % 10, provenance={"changed": list(range(100))})
+    part = partial(poisoned, 0.4, seed=3, clean=clean)
+    keep = np.asarray(part.provenance["changed"])
+    assert len(keep) == 40 and part.provenance["partial"] == {"ratio": 0.4, "seed": 3}
+    rest = np.setdiff1d(np.arange(100), keep)
+    assert np.array_equal(part.x[keep], poisoned.x[keep]) and np.array_equal(part.y[keep], poisoned.y[keep])
+    assert np.array_equal(part.x[rest], clean.x[rest]) and np.array_equal(part.y[rest], clean.y[rest])
+    assert np.array_equal(partial(poisoned, 0.4, seed=3, clean=clean).x, part.x)  # seeded
+    assert not np.array_equal(partial(poisoned, 0.4, seed=4, clean=clean).x, part.x)
+    with pytest.raises(UnlearnableError, match="ratio"):
+        partial(poisoned, 0.0, clean=clean)
+    with pytest.raises(UnlearnableError, match="same shape"):
+        partial(poisoned, 0.5, clean=clean.take(50))

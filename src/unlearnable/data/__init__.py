@@ -11,7 +11,7 @@ from .sources import DATASETS, cache_dir, load_dataset
 from .store import export_png, is_saved_set, load_set, read_manifest, save_set
 
 __all__ = ["ImageSet", "DATASETS", "load_dataset", "load", "load_set", "save_set", "export_png",
-           "is_saved_set", "read_manifest", "cache_dir", "to_uint8"]
+           "is_saved_set", "read_manifest", "cache_dir", "to_uint8", "clean_counterpart", "partial"]
 
 
 def load(spec: str) -> tuple[ImageSet, ImageSet]:
@@ -37,3 +37,25 @@ def clean_counterpart(data: ImageSet) -> ImageSet:
     if train.x.shape != data.x.shape:
         raise UnlearnableError(f"the clean training split of {data.source} no longer matches this set's shape")
     return train
+
+
+def partial(poisoned: ImageSet, ratio: float, seed: int = 0, clean: ImageSet | None = None) -> ImageSet:
+    """A partially poisoned copy of ``poisoned``: a seeded ``ratio`` of its changed samples keep their poison, the
+    others get their clean image and label back (``clean``: same order; None: reloaded from the source).
+
+    This is how the papers run partial poisoning (EM's and D-VAE's official code craft the noise for the whole set
+    and apply it to a random fraction). ``provenance["changed"]`` lists the samples still poisoned, so detection
+    can be scored against it.
+    """
+    if not 0 < ratio <= 1:
+        raise UnlearnableError(f"ratio must lie in (0, 1], got {ratio}")
+    changed = np.asarray(poisoned.provenance.get("changed", np.arange(len(poisoned))), dtype=np.int64)
+    clean = clean_counterpart(poisoned) if clean is None else clean
+    if clean.x.shape != poisoned.x.shape:
+        raise UnlearnableError("partial: the clean set must match the poisoned one (same shape and order)")
+    k = max(1, int(round(ratio * len(changed))))
+    keep = np.sort(np.random.default_rng(seed).choice(changed, k, replace=False))
+    x, y = clean.x.copy(), clean.y.copy()
+    x[keep], y[keep] = poisoned.x[keep], poisoned.y[keep]
+    provenance = {**poisoned.provenance, "changed": keep.tolist(), "partial": {"ratio": ratio, "seed": seed}}
+    return poisoned.replace(x=x, y=y, provenance=provenance)

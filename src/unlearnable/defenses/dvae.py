@@ -287,14 +287,22 @@ class RateConstrainedVAE(Purifier):
 
     @torch.no_grad()
     def _infer(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
-        """``(x_hat, p_hat)`` of float images in batches (eval mode; z sampled when ``sample``)."""
-        recs, ps = [], []
+        """``(x_hat, p_hat)`` of one batch of float images (eval mode; z sampled when ``sample``)."""
+        x_hat, _, _, p = self._forward(net, x, y, gen, self.sample)
+        return x_hat, (p if p is not None else torch.zeros_like(x_hat))
+
+    def _batches(self, x: np.ndarray, y: np.ndarray):
+        """``(slice, float images, labels)`` of ``purify_batch`` uint8 images at a time on the device.
+
+        Inference streams batch by batch into preallocated outputs: on the full Fashion-MNIST set, whole-set float
+        copies of the input, x_hat and p_hat (188 MB each, and torch.cat doubles them) lifted the RSS of one D-VAE
+        run from 1.4 to 4.4 GiB (BENCHMARKS.md).
+        """
+        dev = self._device()
+        y = np.asarray(y, dtype=np.int64)
         for i in range(0, len(x), self.purify_batch):
-            x_hat, _, _, p = self._forward(net, x[i:i + self.purify_batch], y[i:i + self.purify_batch], gen,
-                                           self.sample)
-            recs.append(x_hat)
-            ps.append(p if p is not None else torch.zeros_like(x_hat))
-        return torch.cat(recs), torch.cat(ps)
+            s = slice(i, i + self.purify_batch)
+            yield s, _floats(x[s], dev), torch.from_numpy(y[s]).to(dev)
 
     def _gen(self, offset: int = 0) -> torch.Generator:
         return torch.Generator(device=self._device()).manual_seed(self.seed + 7919 * offset)
@@ -319,9 +327,10 @@ class RateConstrainedVAE(Purifier):
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         self._check_fitted(x, y)
-        xt, yt = _tensors(x, y, self._device())
-        x_hat, _ = self._infer(self.net_, xt, yt, self._gen())
-        return _to_uint8(x_hat)
+        out, gen = np.empty(x.shape, np.uint8), self._gen()
+        for s, xb, yb in self._batches(x, y):
+            out[s] = _to_uint8(self._infer(self.net_, xb, yb, gen)[0])
+        return out
 
     # -------------------------------------------------------------------------------------------- persistence
     def _nets(self) -> dict[str, DVAENet]:
@@ -443,38 +452,46 @@ class DVAE(RateConstrainedVAE):
         if "s2" not in self.skips:
             x1 = data
             if "s1" not in self.skips:
-                x1_arr, p1 = self._stage1(*_tensors(data.x, data.y, self._device()))
+                x1_arr, p1 = self._stage1(data.x, data.y)
                 self._fit_cache = (data.x, data.y, x1_arr, p1)  # fit_transform on the same set reuses stage 1
                 x1 = data.replace(x=x1_arr)
             self.stage2_ = self._train(x1, self.kld_2, True, self.seed + 1, "D-VAE stage 2")
         return self
 
-    def _stage1(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """``(x1 as uint8, p_hat_1)``."""
-        _, p = self._infer(self.stage1_, x, y, self._gen(1))
-        return _to_uint8(x - p), p
+    def _stage1(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(x1 as uint8, p_hat_1 as float32)`` of uint8 images."""
+        x1, p1, gen = np.empty(x.shape, np.uint8), np.empty(x.shape, np.float32), self._gen(1)
+        for s, xb, yb in self._batches(x, y):
+            _, p = self._infer(self.stage1_, xb, yb, gen)
+            x1[s], p1[s] = _to_uint8(xb - p), p.cpu().numpy()
+        return x1, p1
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         self._check_fitted(x, y)
-        dev = self._device()
-        xt, yt = _tensors(x, y, dev)
-        p_first = None
         cache, self._fit_cache = getattr(self, "_fit_cache", None), None
-        if "s1" not in self.skips:
+        s1, s2 = "s1" not in self.skips, "s2" not in self.skips
+        if s1:
             # the same generator seeds give the same result: the cache only saves one pass over the data
             hit = cache is not None and cache[0] is x and np.array_equal(cache[1], y)
-            x1, p_first = cache[2:] if hit else self._stage1(xt, yt)
-            if "s2" in self.skips:
-                self.perturbation_ = p_first.cpu().numpy()
+            x1, p1 = cache[2:] if hit else self._stage1(x, y)
+            self.perturbation_ = p1
+            if not s2:
                 return x1
-            xt = torch.from_numpy(x1).to(dev).float().div_(255)
-        _, p2 = self._infer(self.stage2_, xt, yt, self._gen(2))
-        self.perturbation_ = (p_first if p_first is not None else p2).cpu().numpy()
-        x2 = xt if "i2" in self.skips else torch.from_numpy(_to_uint8(xt - p2)).to(dev).float().div_(255)
-        if "i3" in self.skips:
-            return _to_uint8(x2)
-        rec, _ = self._infer(self.stage2_, x2, yt, self._gen(3))
-        return _to_uint8(rec)
+            x = x1
+        out = np.empty(x.shape, np.uint8)
+        if not s1:
+            self.perturbation_ = np.empty(x.shape, np.float32)
+        g2, g3 = self._gen(2), self._gen(3)
+        for s, xb, yb in self._batches(x, y):  # stage 2 and the final reconstruction, batch by batch
+            _, p2 = self._infer(self.stage2_, xb, yb, g2)
+            if not s1:
+                self.perturbation_[s] = p2.cpu().numpy()
+            x2 = xb if "i2" in self.skips else _quantise(xb - p2).div_(255)
+            if "i3" in self.skips:
+                out[s] = _to_uint8(x2)
+            else:
+                out[s] = _to_uint8(self._infer(self.stage2_, x2, yb, g3)[0])
+        return out
 
     def estimate_perturbation(self, x: np.ndarray, y: np.ndarray, stage: int | None = None) -> np.ndarray:
         """The learned perturbation ``p_hat`` of uint8 images ``x`` with labels ``y`` (float32, [0, 1] scale, signed).
@@ -490,22 +507,28 @@ class DVAE(RateConstrainedVAE):
         net = getattr(self, f"stage{stage}_", None)
         if net is None:
             raise UnlearnableError(f"stage {stage} was not fitted (skip={self.skip!r})")
-        xt, yt = _tensors(x, y, self._device())
-        x_hat, p = self._infer(net, xt, yt, self._gen(stage))
-        return x_hat.cpu().numpy(), p.cpu().numpy()
+        x_hat, p, gen = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32), self._gen(stage)
+        for s, xb, yb in self._batches(x, y):
+            x_hat[s], p[s] = (t.cpu().numpy() for t in self._infer(net, xb, yb, gen))
+        return x_hat, p
 
     def _nets(self) -> dict[str, DVAENet]:
         return {k: getattr(self, f"{k}_") for k in ("stage1", "stage2") if hasattr(self, f"{k}_")}
 
 
 # --------------------------------------------------------------------------------------------- helpers, Table 1
-def _tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    xt = torch.as_tensor(np.array(x, dtype=np.uint8)).to(device).float().div_(255)  # a copy: sets may be read-only
-    return xt, torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
+def _floats(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1] on ``device`` (a copy: sets may be read-only)."""
+    return torch.as_tensor(np.array(x, dtype=np.uint8)).to(device).float().div_(255)
+
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] rounded to the 256 levels of uint8, staying float on their device."""
+    return x.clamp(0, 1).mul(255).round()
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    return _quantise(x).to(torch.uint8).cpu().numpy()
 
 
 def dvae_check(poisoned: ImageSet, testset: ImageSet, clean: ImageSet | None = None, dvae: DVAE | None = None,

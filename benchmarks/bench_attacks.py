@@ -12,14 +12,11 @@ to the same victim trained on clean data. One JSON line per run is appended to `
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
-import platform
 import time
+from pathlib import Path
 
-import torch
-
+from _common import emit, run_meta
 from unlearnable.attacks import create_attack
 from unlearnable.data import load
 from unlearnable.params import parse_eps
@@ -47,16 +44,14 @@ def main() -> None:
         train_set = train_set.take(args.train_subset, seed=args.seed)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
     options = dict(o.split("=", 1) for o in args.options)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-            "torch": torch.__version__, "data": args.data, "train": len(train_set), "test": len(test_set),
-            "victim": args.victim, "victim_epochs": args.victim_epochs, "seed": args.seed}
+    meta = run_meta(data=args.data, train=len(train_set), test=len(test_set), victim=args.victim,
+                    victim_epochs=args.victim_epochs, seed=args.seed)
     rows = []
     if not args.no_clean:
         r = train(train_set, test_set, args.victim, cfg, description="clean victim")
         rows.append({**meta, "attack": "clean", "eps": 0, "final": r.test_acc, "peak": r.peak_test_acc,
                      "craft_s": 0.0})
-        _emit(rows[-1], args.json)
+        emit(rows[-1], args.json)
     for eps_text in args.eps.split(","):
         eps = parse_eps(eps_text if "/" in eps_text or "." in eps_text else f"{eps_text}/255")
         attack = create_attack(args.attack, eps=eps, seed=args.seed, **options)
@@ -64,8 +59,6 @@ def main() -> None:
         poisoned = attack.poison(train_set)
         craft = time.perf_counter() - t0
         if args.save:
-            from pathlib import Path
-
             from unlearnable.data import save_set
 
             tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
@@ -74,22 +67,12 @@ def main() -> None:
         extra = {k: getattr(attack, k) for k in ("rounds_", "final_error_") if hasattr(attack, k)}
         rows.append({**meta, "attack": args.attack, "options": options, "eps": round(eps * 255, 2),
                      "final": r.test_acc, "peak": r.peak_test_acc, "craft_s": round(craft, 1), **extra})
-        _emit(rows[-1], args.json)
+        emit(rows[-1], args.json)
     print("\n| attack | options | eps (/255) | crafting s | victim final | victim peak |\n|---|---|---|---|---|---|")
     for row in rows:
         opts = " ".join(f"{k}={v}" for k, v in row.get("options", {}).items())
         print(f"| {row['attack']} | {opts} | {row['eps']} | {row['craft_s']} | {row['final']:.2%} | "
               f"{row['peak']:.2%} |")
-
-
-def _emit(row: dict, path: str) -> None:
-    from pathlib import Path
-
-    print(json.dumps(row), flush=True)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ goes to ``--json``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from _common import emit, run_meta
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect_set
 from unlearnable.data import load
@@ -53,18 +52,13 @@ def main() -> None:
     train_set, test_set = load(args.data)
     options = dict(o.split("=", 1) for o in args.options)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
-    base = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "data": args.data,
-            "seed": args.seed}
+    base = run_meta(data=args.data, seed=args.seed)
 
     def victim_set(data):
         return data.take(args.subset, seed=args.seed) if args.subset else data
 
-    def emit(row: dict) -> None:
-        row = {**base, **row}
-        print(json.dumps(row), flush=True)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    def record(row: dict) -> None:
+        emit({**base, **row}, args.json)
 
     if args.experiment in ("train", "eps-sweep"):
         for eps in map(float, args.eps.split(",")):
@@ -77,7 +71,7 @@ def main() -> None:
                 attack.save_generator(out)
             protected = protect_set(attack.generator_, train_set)
             acc = train(victim_set(protected), test_set, "cnn", cfg).test_acc
-            emit({"experiment": args.experiment, "eps": eps, "options": options, "train_s": round(seconds, 1),
+            record({"experiment": args.experiment, "eps": eps, "options": options, "train_s": round(seconds, 1),
                   "trials": len(attack.history_), "victim": "cnn", "acc": acc})
         return
 
@@ -93,7 +87,7 @@ def main() -> None:
         for name in args.victims.split(","):
             clean = train(victim_set(train_set), test_set, name, cfg)
             bad = train(victim_set(protected), test_set, name, cfg)
-            emit({"experiment": "victims", "eps": eps, "victim": name, "clean": clean.test_acc, "acc": bad.test_acc,
+            record({"experiment": "victims", "eps": eps, "victim": name, "clean": clean.test_acc, "acc": bad.test_acc,
                   "train": len(victim_set(train_set)), "fit_s": round(bad.seconds, 1)})
     elif args.experiment == "partial":
         for ratio in map(float, args.ratios.split(",")):
@@ -102,7 +96,7 @@ def main() -> None:
             x[index] = protected.x[index]
             mixed = train_set.replace(x=x)
             flipped = create_attack("label-flip", ratio=ratio, seed=args.seed).poison(train_set)
-            emit({"experiment": "partial", "eps": eps, "ratio": ratio,
+            record({"experiment": "partial", "eps": eps, "ratio": ratio,
                   "deepconfuse": train(victim_set(mixed), test_set, "cnn", cfg).test_acc,
                   "label_flip": train(victim_set(flipped), test_set, "cnn", cfg).test_acc})
     elif args.experiment == "svm-weights":
@@ -120,7 +114,7 @@ def main() -> None:
             rows.append((f"{title}\n{result.test_acc:.1%}", scaled.clip(0, 255).astype(np.uint8)))
             accs[title] = result.test_acc
         path = image_grid(rows, args.png, classes=train_set.classes, labels=np.arange(train_set.num_classes))
-        emit({"experiment": "svm-weights", "eps": eps, "png": str(path), **accs})
+        record({"experiment": "svm-weights", "eps": eps, "png": str(path), **accs})
     print(f"protect: {len(train_set)} images in {protect_s:.1f} s ({len(train_set) / protect_s:.0f} images/s)")
 
 

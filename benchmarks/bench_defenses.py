@@ -13,16 +13,10 @@ goes to ``--json``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
-import platform
-import resource
 import time
-from pathlib import Path
 
-import torch
-
+from _common import emit, run_meta
 from unlearnable.data import clean_counterpart, load, load_set, partial
 from unlearnable.defenses import create_defense
 from unlearnable.training import TrainConfig, train
@@ -44,16 +38,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     options = dict(o.split("=", 1) for o in args.options)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "defense": args.defense,
-            "options": options, "victim_epochs": args.victim_epochs}
-
-    def emit(row: dict) -> None:
-        row = {**meta, **row, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
-        print(json.dumps(row), flush=True)
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs)
 
     jobs = []
     for p in args.sets:
@@ -85,7 +70,7 @@ def main() -> None:
 
             found = detect(data, method="dvae", dvae=defense if args.defense == "dvae" else None)
             row["detection"] = found.metrics(data.provenance["changed"])
-        emit(row)
+        emit({**meta, **row}, args.json)
 
 
 if __name__ == "__main__":

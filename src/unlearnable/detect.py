@@ -155,18 +155,10 @@ def purify_flagged(data: ImageSet, detection: Detection, defense: Any) -> ImageS
     samples to learn what to remove, and the clean ones do it no harm) and applied to the flagged samples only,
     so clean samples are not blurred by a purifier they never needed.
     """
-    import time
-
-    t0 = time.perf_counter()
     flagged = np.asarray(detection.flagged, dtype=np.int64)
-    x = np.array(data.x)
     if len(flagged):
         defense.fit(data)
-        x[flagged] = defense.purify(x[flagged], data.y[flagged])
-    provenance = {**data.provenance, "purified_by": {"method": defense.name, "params": defense.params(),
-                                                     "only_flagged_by": detection.method, "flagged": flagged.tolist(),
-                                                     "seconds": round(time.perf_counter() - t0, 2)}}
-    return data.replace(x=x, provenance=provenance)
+    return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist())
 
 
 def detection_metrics(flagged: np.ndarray | list[int], changed: np.ndarray | list[int], n: int,

@@ -40,10 +40,17 @@ class Purifier:
         """uint8 ``N x C x H x W`` images (and their labels) -> purified uint8 images of the same shape."""
         raise NotImplementedError
 
-    def transform(self, data: ImageSet) -> ImageSet:
+    def transform(self, data: ImageSet, only: np.ndarray | None = None, **note: Any) -> ImageSet:
+        """The purified set; ``only`` (indices): purify those samples and keep the others' pixels. ``note`` goes
+        into the ``purified_by`` provenance record."""
         t0 = time.perf_counter()
-        x = self.purify(np.asarray(data.x), data.y)
-        provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(),
+        if only is None:
+            x = self.purify(np.asarray(data.x), data.y)
+        else:
+            x = np.array(data.x)
+            if len(only):
+                x[only] = self.purify(x[only], data.y[only])
+        provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
                                                          "seconds": round(time.perf_counter() - t0, 2)}}
         return data.replace(x=x, provenance=provenance)
 

@@ -50,7 +50,7 @@ class EM(Attack):
     steps: int | None = None  # PGD steps per sweep; None: 20 sample-wise, 1 class-wise
     step_size: float | None = None  # None: eps / 10 (the official 0.8/255 at 8/255)
     train_steps: int = 10  # surrogate SGD steps per round
-    stop_error: float = 0.01  # stop when the surrogate errs on fewer poisoned samples (official exp_setting.sh)
+    stop_error: float | None = None  # stop below this surrogate error; None: 0.01 sample-wise, 0.1 class-wise
     max_rounds: int = 30  # safety cap on rounds (not in the paper)
     batch_size: int = 512  # crafting and surrogate batch
     lr: float = 0.1  # surrogate SGD learning rate (constant while crafting)
@@ -68,7 +68,7 @@ class EM(Attack):
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
         check(self.train_steps >= 0 and self.max_rounds >= 1 and self.batch_size >= 1,
               "train_steps >= 0, max_rounds >= 1 and batch_size >= 1 are required")
-        check(0 <= self.stop_error < 1, "stop_error must lie in [0, 1)")
+        check(self.stop_error is None or 0 <= self.stop_error < 1, "stop_error must lie in [0, 1)")
 
     @property
     def classwise(self) -> bool:
@@ -82,7 +82,7 @@ class EM(Attack):
         in_idx[torch.as_tensor(index, device=device)] = True
         pgd = PGD(eps=self.eps, step_size=self.step_size or self.eps / 10,
                   steps=self.steps or (1 if self.classwise else 20))
-        stop = self.stop_error
+        stop = self.stop_error if self.stop_error is not None else (0.1 if self.classwise else 0.01)
         model = make_surrogate(self.model, data, device)
         cfg = TrainConfig(lr=self.lr, batch_size=self.batch_size, schedule="constant", augment=False,
                           label_smoothing=0.0, grad_clip=5.0, seed=self.seed, device=str(device))

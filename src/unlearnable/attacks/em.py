@@ -42,6 +42,10 @@ class EM(Attack):
     the noise is added signed and the image clamped (the official data loader clamps the noise itself to [0, 255],
     dropping its negative half - a known bug).
 
+    Measured (BENCHMARKS.md, full Fashion-MNIST, default victim 92.1% clean): class-wise 8/255 stops after 5 rounds
+    (45 s) and leaves the victim at 21.6% (with stop 0.01: 26 rounds, 362 s, 30.7%); on the 20k colour CIFAR-10
+    subset class-wise 18.7% and sample-wise (``preset=fast``) 16.3% against 75.4% clean.
+
     >>> poisoned = EM(eps=8/255, mode="class").poison(train)
     """
 

@@ -44,7 +44,7 @@ class EM(Attack):
 
     Measured (BENCHMARKS.md, full Fashion-MNIST, default victim 92.1% clean): class-wise 8/255 stops after 5 rounds
     (45 s) and leaves the victim at 21.6% (with stop 0.01: 26 rounds, 362 s, 30.7%); on the 20k colour CIFAR-10
-    subset class-wise 18.7% and sample-wise (``preset=fast``) 16.3% against 75.4% clean.
+    subset class-wise 19.5% (55 s) and sample-wise (``preset=fast``) 16.3% against 75.4% clean.
 
     >>> poisoned = EM(eps=8/255, mode="class").poison(train)
     """

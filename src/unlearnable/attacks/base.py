@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import ImageSet
+from ..data import ImageSet, seeded_fraction
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
 from ..params import check, check_choice
@@ -62,10 +62,7 @@ class Attack:
 
     def select(self, n: int) -> np.ndarray:
         """The poisoned indices: all of them, or a seeded random ``ratio`` of them, sorted."""
-        if self.ratio >= 1:
-            return np.arange(n)
-        k = max(1, int(round(self.ratio * n)))
-        return np.sort(np.random.default_rng(self.seed).choice(n, k, replace=False))
+        return seeded_fraction(n, self.ratio, self.seed)
 
     def poison(self, data: ImageSet) -> ImageSet:
         """Poison the clean training set ``data``; the result records how in its ``provenance``."""

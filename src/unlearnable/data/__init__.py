@@ -11,7 +11,8 @@ from .sources import DATASETS, cache_dir, load_dataset
 from .store import export_png, is_saved_set, load_set, read_manifest, save_set
 
 __all__ = ["ImageSet", "DATASETS", "load_dataset", "load", "load_set", "save_set", "export_png",
-           "is_saved_set", "read_manifest", "cache_dir", "to_uint8", "clean_counterpart", "partial"]
+           "is_saved_set", "read_manifest", "cache_dir", "to_uint8", "clean_counterpart", "partial",
+           "seeded_fraction"]
 
 
 def load(spec: str) -> tuple[ImageSet, ImageSet]:
@@ -53,9 +54,18 @@ def partial(poisoned: ImageSet, ratio: float, seed: int = 0, clean: ImageSet | N
     clean = clean_counterpart(poisoned) if clean is None else clean
     if clean.x.shape != poisoned.x.shape:
         raise UnlearnableError("partial: the clean set must match the poisoned one (same shape and order)")
-    k = max(1, int(round(ratio * len(changed))))
-    keep = np.sort(np.random.default_rng(seed).choice(changed, k, replace=False))
+    keep = seeded_fraction(changed, ratio, seed)
     x, y = clean.x.copy(), clean.y.copy()
     x[keep], y[keep] = poisoned.x[keep], poisoned.y[keep]
     provenance = {**poisoned.provenance, "changed": keep.tolist(), "partial": {"ratio": ratio, "seed": seed}}
     return poisoned.replace(x=x, y=y, provenance=provenance)
+
+
+def seeded_fraction(pool: np.ndarray | int, ratio: float, seed: int) -> np.ndarray:
+    """A seeded random ``ratio`` of ``pool`` (indices, or ``range(pool)`` for an int), at least one, sorted; all of
+    it when ``ratio >= 1``. Attacks pick their poisoned samples with it, :func:`partial` the ones that stay poisoned."""
+    pool = np.arange(pool) if isinstance(pool, (int, np.integer)) else np.asarray(pool, dtype=np.int64)
+    if ratio >= 1:
+        return np.sort(pool)
+    k = max(1, int(round(ratio * len(pool))))
+    return np.sort(np.random.default_rng(seed).choice(pool, k, replace=False))

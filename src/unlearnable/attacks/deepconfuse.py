@@ -20,6 +20,12 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   noisy; a victim closer to the real recipe, or scoring the last few generators more carefully, is the next step;
 - ``targeted=True`` with ``preset="fast"`` (16 trials, 423 s on a less loaded machine): victim 41.1%, and 15.7% of
   the clean test images land on eta(y) = y + 1 (chance: 10%), far from the paper's MNIST 79.7%;
+- idle machine, 2 threads (BENCHMARKS.md, session 4): ``preset="fast"`` 40.7-43.8% whether the trials use all
+  59,000 images (``train_size=0``) or are scored by a 3-epoch victim (``score_size=0, score_epochs=3``): the
+  scoring victims reach 2-15% but the full victim learns the clean features later, so the preset's ~1,500
+  generator steps (the paper: ~470,000) are the limit, not trial selection. Targeted: 8.7% in eta(y). On the
+  colour CIFAR-10 subset at eps 0.032 (U-Net, 16 trials, 819 s) the victim lost 1.9 points only (75.4 -> 73.5%):
+  the fast preset is no substitute for the official multi-day CIFAR run;
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net.
 """

@@ -30,6 +30,17 @@ def test_history_and_summary(small_train, small_test):
     assert s["peak_test_acc"] >= s["test_acc"]
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True), (False, True, True)])
+def test_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    from unlearnable.training import fast_bf16
+
+    # oneDNN calls bf16 "supported" on every AVX-512 CPU; without AVX512-BF16/AMX it is emulated and 2x slower
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert fast_bf16(torch.device("cpu")) is expected
+    assert fast_bf16(torch.device("cuda")) is True
+
+
 def test_random_crop_shifts_content():
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
     out = random_crop(x, 2, torch.Generator().manual_seed(0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from unlearnable.attacks import create_attack
 from unlearnable.training import train
@@ -114,3 +115,18 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
     resumed.checkpoint = crashed.checkpoint
     assert resumed.load_state()["step"] == 2
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
+
+
+def test_tap_and_sep_share_one_cached_surrogate_run(data, monkeypatch):
+    from unlearnable.attacks import surrogate
+    from unlearnable.training import resolve_device
+
+    sub, runs, real_train = data.take(200, seed=2), [], surrogate.train
+    monkeypatch.setattr(surrogate, "train", lambda *a, **k: runs.append(1) or real_train(*a, **k))
+    device = resolve_device("cpu")
+    (final,) = surrogate.clean_surrogate(sub, "cnn", 4, 11, device)  # TAP's use: the last epoch
+    ensemble = surrogate.clean_surrogate(sub, "cnn", 4, 11, device, keep=2)  # SEP's: epochs 2 and 4
+    assert len(runs) == 1 and len(ensemble) == 2
+    for a, b in zip(final.state_dict().values(), ensemble[-1].state_dict().values()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(ensemble[0].state_dict().values(), final.state_dict().values()))

@@ -53,41 +53,56 @@ def data_fingerprint(data: ImageSet) -> str:
     return h.hexdigest()[:16]
 
 
+#: Every epoch's weights are cached when the whole run's weights stay below this size (the ``cnn``: ~0.5 MB an
+#: epoch), so TAP (final epoch) and SEP (evenly spaced epochs) on the same data share one training run.
+KEEP_ALL_EPOCHS_BYTES = 64 * 2**20
+
+
 def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: torch.device,
                     keep: int = 1) -> list[nn.Module]:
     """Train ``name`` on the clean ``data`` with the package's trainer; return ``keep`` checkpoints taken at evenly
-    spaced epochs, ending with the final model. Cached under ``cache_dir()/surrogates``: a second attack on the same
-    data, architecture, epochs and seed reuses them."""
+    spaced epochs, ending with the final model. Cached epoch by epoch under ``cache_dir()/surrogates``: a second
+    attack on the same data, architecture, epochs and seed reuses the run when the epochs it needs are there."""
     keep = max(1, min(keep, epochs))
     at = sorted({int(round(e)) for e in np.linspace(epochs / keep, epochs, keep)})
-    key = f"{data_fingerprint(data)}-{name}-e{epochs}-s{seed}-k{'.'.join(map(str, at))}"
-    path = cache_dir() / "surrogates" / f"{key}.pt"
-    states: list[dict] | None = None
-    if path.is_file():
-        try:
-            states = torch.load(path, map_location="cpu", weights_only=True)
-            log.info("surrogate %s: cached at %s", name, path)
-        except Exception:  # a broken cache entry is retrained
-            states = None
+    run = cache_dir() / "surrogates" / f"{data_fingerprint(data)}-{name}-e{epochs}-s{seed}"
+    states = _load_epochs(run, at)
     if states is None:
-        states = []
+        states = {}
         cfg = TrainConfig(epochs=epochs, seed=seed, device=str(device), eval_every=epochs + 1)
 
         def snapshot(epoch: int, model: nn.Module) -> None:
-            if epoch in at:
-                states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            small = epochs * sum(v.numel() * v.element_size() for v in state.values()) <= KEEP_ALL_EPOCHS_BYTES
+            if epoch in at or small:
+                states[epoch] = state
 
         train(data, None, make_surrogate(name, data, device), cfg, description=f"surrogate {name}", on_epoch=snapshot)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(states, tmp)
-            tmp.replace(path)
-        except OSError:
-            log.warning("could not cache the surrogate in %s", path.parent)
+        _save_epochs(run, states)
     models = []
-    for state in states:
+    for epoch in at:
         m = make_surrogate(name, data, device)
-        m.load_state_dict(state)
+        m.load_state_dict(states[epoch])
         models.append(frozen(m))
     return models
+
+
+def _load_epochs(run, at: list[int]) -> dict[int, dict] | None:
+    """The cached weights of epochs ``at`` of one surrogate run, or None when any is missing or unreadable."""
+    try:
+        states = {e: torch.load(run / f"epoch{e}.pt", map_location="cpu", weights_only=True) for e in at}
+    except Exception:  # missing or broken: the run is trained again
+        return None
+    log.info("surrogate: epochs %s cached in %s", at, run)
+    return states
+
+
+def _save_epochs(run, states: dict[int, dict]) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        for epoch, state in states.items():
+            tmp = run / f"epoch{epoch}.tmp"
+            torch.save(state, tmp)
+            tmp.replace(run / f"epoch{epoch}.pt")
+    except OSError:
+        log.warning("could not cache the surrogate in %s", run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,7 +88,7 @@ def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: t
     return models
 
 
-def _load_epochs(run, at: list[int]) -> dict[int, dict] | None:
+def _load_epochs(run: Path, at: list[int]) -> dict[int, dict] | None:
     """The cached weights of epochs ``at`` of one surrogate run, or None when any is missing or unreadable."""
     try:
         states = {e: torch.load(run / f"epoch{e}.pt", map_location="cpu", weights_only=True) for e in at}
@@ -97,7 +98,7 @@ def _load_epochs(run, at: list[int]) -> dict[int, dict] | None:
     return states
 
 
-def _save_epochs(run, states: dict[int, dict]) -> None:
+def _save_epochs(run: Path, states: dict[int, dict]) -> None:
     try:
         run.mkdir(parents=True, exist_ok=True)
         for epoch, state in states.items():

@@ -83,6 +83,36 @@ def test_attack_bad_parameters(name, bad):
         create_attack(name, **bad)
 
 
+def _preset_cases():
+    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES)):
+        for name in registry.names():
+            for preset in registry.get(name).presets:
+                yield kind, name, preset
+
+
+@pytest.mark.parametrize("kind,name,preset", list(_preset_cases()))
+def test_presets_apply_in_python_as_on_the_command_line(kind, name, preset):
+    """``EM(preset="fast")`` once silently kept the paper defaults (only ``--set preset=fast`` applied them)."""
+    registry, create = (ATTACKS, create_attack) if kind == "attack" else (DEFENSES, create_defense)
+    cls = registry.get(name)
+    assert cls(preset=preset) == create(name, preset=preset)
+    assert all(getattr(cls(preset=preset), k) == v for k, v in cls.presets[preset].items())
+    numbers = [(k, v) for k, v in cls.presets[preset].items() if type(v) in (int, float)]
+    if numbers:  # an explicit value wins over the preset...
+        key, value = numbers[0]
+        assert getattr(cls(preset=preset, **{key: 2 * value}), key) == 2 * value
+        assert getattr(create(name, preset=preset, **{key: 2 * value}), key) == 2 * value
+        default = getattr(cls(), key)  # ...and through create_* / --set even when it equals the default
+        assert getattr(create(name, preset=preset, **{key: default}), key) == default
+
+
+def test_unknown_preset_is_refused_in_python_too():
+    from unlearnable.attacks.em import EM
+
+    with pytest.raises(UnlearnableError, match="no preset 'quick'"):
+        EM(preset="quick")
+
+
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_defense_contract(name, tiny):
     opts = DEFENSE_TEST_OPTIONS.get(name, {})

@@ -93,7 +93,28 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     if unknown:
         raise UnlearnableError(f"{kind} has no parameter {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     typed = {k: _coerce(k, v, hints[k]) for k, v in options.items()}
-    return cls(**typed)
+    preset = typed.pop("preset", None)
+    method = cls(**typed)  # the preset is merged already: set after, so __post_init__ does not apply it again
+    if preset is not None:
+        method.preset = preset
+    return method
+
+
+def apply_preset(method: Any) -> None:
+    """``EM(preset="fast")`` in Python as on the command line: every field the preset sets that still holds its
+    class default takes the preset's value (a value passed explicitly wins, unless it equals the default).
+    Called by the method base classes' ``__post_init__``; :func:`build` merges presets itself."""
+    name = getattr(method, "preset", None)
+    if name is None:
+        return
+    presets = getattr(type(method), "presets", {})
+    if name not in presets:
+        kind = getattr(type(method), "name", "") or type(method).__name__
+        raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join(presets) or 'none'}")
+    defaults = {f.name: f.default for f in dataclasses.fields(method) if f.default is not dataclasses.MISSING}
+    for key, value in presets[name].items():
+        if key in defaults and getattr(method, key) == defaults[key]:
+            setattr(method, key, value)
 
 
 def check(condition: bool, message: str) -> None:

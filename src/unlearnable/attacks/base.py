@@ -19,7 +19,7 @@ import numpy as np
 from ..data import ImageSet, seeded_fraction
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
-from ..params import check, check_choice
+from ..params import apply_preset, check, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Attack:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
+        apply_preset(self)
         check_choice("norm", self.norm, self.norms)
         check(0 < self.ratio <= 1, f"ratio must lie in (0, 1], got {self.ratio}")
         if self.norm == "l0":

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import ImageSet
+from ..params import apply_preset
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Purifier:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
+        apply_preset(self)
         self.validate()
 
     def validate(self) -> None:

@@ -8,7 +8,9 @@ true poisoned indices (an attack's ``provenance["changed"]``).
   Autoencoders", Table 8) learns a per-sample perturbation estimate ``p_hat``. Its L2 norm per sample would be
   the natural score, but the released code has no detection script and we measured that
   score at chance on half-poisoned data; the default score is the per-sample residual the D-VAE cannot explain,
-  ``||x - clamp(x_hat + p_hat)||`` (see :func:`dvae_scores`). Only stage 1 is trained.
+  ``||x - clamp(x_hat + p_hat)||`` (see :func:`dvae_scores`). Only stage 1 is trained. Both need ``p_hat`` to be
+  the poison; on Fashion-MNIST at 8/255 it is not (BENCHMARKS.md, session 7) and every score built on it is at
+  chance there.
 * ``simple``: Zhu, Yu & Gao, "Detection and Defense of Unlearnable Examples" (AAAI 2024): unlearnable examples are
   (nearly) linearly separable, so a tiny model fits them much faster than clean data. We train the registry's
   ``linear`` model for one short run with the package's trainer (no augmentation) and score each sample by its

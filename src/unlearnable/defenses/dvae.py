@@ -71,7 +71,11 @@ shared. On that run (class-wise noise 64/255 on all 60,000 images) the default v
 to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS;
 class-wise EM 30.7% -> 88.2% against 92.1% clean. The preset is sized for 60,000 grey images (468 steps a stage):
 on 20,000 colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%),
-so give colour data many more epochs and width."""
+so give colour data many more epochs and width. Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
+stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE
+reconstructs the pattern instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official
+rate limit leaves room for it on simple grey images, so there the recovery comes from coarse stage-2
+reconstructions, not from the perturbation decoder."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

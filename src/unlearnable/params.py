@@ -82,11 +82,7 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     options = dict(options)
     preset = options.pop("preset", None)
     if preset is not None:
-        presets = getattr(cls, "presets", {})
-        if preset not in presets:
-            known = ", ".join(presets) or "none"
-            raise UnlearnableError(f"{kind} has no preset {preset!r}; known: {known}")
-        options = {**presets[preset], **options, "preset": preset}
+        options = {**preset_options(cls, preset, kind), **options, "preset": preset}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - set(fields))
@@ -107,14 +103,19 @@ def apply_preset(method: Any) -> None:
     name = getattr(method, "preset", None)
     if name is None:
         return
-    presets = getattr(type(method), "presets", {})
-    if name not in presets:
-        kind = getattr(type(method), "name", "") or type(method).__name__
-        raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join(presets) or 'none'}")
+    cls = type(method)
     defaults = {f.name: f.default for f in dataclasses.fields(method) if f.default is not dataclasses.MISSING}
-    for key, value in presets[name].items():
+    for key, value in preset_options(cls, name, getattr(cls, "name", "") or cls.__name__).items():
         if key in defaults and getattr(method, key) == defaults[key]:
             setattr(method, key, value)
+
+
+def preset_options(cls: type, name: str, kind: str) -> dict[str, Any]:
+    """The options of ``cls``'s preset ``name``; a one-line error naming the known presets when there is none."""
+    presets = getattr(cls, "presets", {})
+    if name not in presets:
+        raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join(presets) or 'none'}")
+    return presets[name]
 
 
 def check(condition: bool, message: str) -> None:

@@ -117,6 +117,35 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
 
 
+@pytest.mark.parametrize("name", ["tap", "sep"])
+def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, monkeypatch):
+    from unlearnable.pgd import PGD
+
+    sub = data.take(128, seed=1)
+    one_run_per_batch = {"checkpoints": 2} if name == "sep" else {"restarts": 1}
+    opts = dict(eps=EPS, steps=2, surrogate_epochs=2, batch_size=32, seed=3, **one_run_per_batch)
+    full = create_attack(name, **opts).poison(sub)  # also caches the surrogate, as the crashed run would have
+    crashed = create_attack(name, **opts)
+    crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every batch
+    calls, run = [], PGD.run
+
+    def crash_on_third_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(PGD, "run", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.poison(sub)
+    monkeypatch.setattr(PGD, "run", run)
+    resumed = create_attack(name, **opts)
+    resumed.checkpoint = crashed.checkpoint
+    assert resumed.load_state()["done"] == 64  # two batches of 32 finished before the crash
+    np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
+    assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
+
+
 def test_tap_and_sep_share_one_cached_surrogate_run(data, monkeypatch):
     from unlearnable.attacks import surrogate
     from unlearnable.training import resolve_device

@@ -98,6 +98,8 @@ class Attack:
     # ------------------------------------------------------------------------------------------------ resuming
     #: Where a long attack keeps its state between safe points (set by the caller, e.g. the CLI); None: nowhere.
     checkpoint: ClassVar[str | None] = None
+    #: Inside one long pass over the data, the state is written at most this often (seconds).
+    save_every_s: ClassVar[float] = 60.0
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with the parameters."""

@@ -19,7 +19,6 @@ from .em import _Batches
 from .surrogate import check_surrogate, frozen, make_surrogate
 
 log = logging.getLogger(__name__)
-SAVE_EVERY_S = 60  # while regenerating the noise, the resumable state is written at most this often
 
 
 @dataclass
@@ -140,7 +139,7 @@ class REM(Attack):
                 idx = idx_t[b:b + chunk]
                 delta[b:b + len(idx)] = self._noise(final, x_all[idx], y_all[idx], gen)
                 advance(len(idx))
-                if time.monotonic() - saved > SAVE_EVERY_S:
+                if time.monotonic() - saved > self.save_every_s:
                     self._save(model, trainer, gen, batches, step, b + len(idx), delta)
                     saved = time.monotonic()
         with torch.no_grad():

@@ -59,5 +59,5 @@ class SEP(Attack):
         models = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device, keep=self.checkpoints)
         step = self.step_size or max(self.eps / 8, 2 * self.eps / self.steps)
         pgd = PGD(eps=self.eps, step_size=step, steps=self.steps)
-        return targeted_pgd(pgd, models, data, index, self.shift, 1, self.batch_size, None, gen, device,
+        return targeted_pgd(self, pgd, models, data, index, self.shift, 1, self.batch_size, None, gen, device,
                             f"sep ({len(models)} checkpoints)"), data.y[index]

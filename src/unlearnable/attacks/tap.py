@@ -1,6 +1,7 @@
 """TAP: targeted adversarial poisoning - adversarial examples of a clean model as poisons."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,20 +66,33 @@ class TAP(Attack):
         (model,) = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device)
         aug = differentiable_augment(data.image_size[0], default_flip(data.source)) if self.augment else None
         pgd = PGD(eps=self.eps, step_size=self._step_size(), steps=self.steps, random_start=True)
-        return targeted_pgd(pgd, [model], data, index, self.shift, self.restarts, self.batch_size, aug, gen,
+        return targeted_pgd(self, pgd, [model], data, index, self.shift, self.restarts, self.batch_size, aug, gen,
                             device, f"tap ({self.steps} steps)"), data.y[index]
 
 
-def targeted_pgd(pgd: PGD, models: list, data: ImageSet, index: np.ndarray, shift: int, restarts: int,
-                 batch_size: int, augment, gen: torch.Generator, device, description: str) -> torch.Tensor:
+def targeted_pgd(attack: Attack, pgd: PGD, models: list, data: ImageSet, index: np.ndarray, shift: int,
+                 restarts: int, batch_size: int, augment, gen: torch.Generator, device, description: str
+                 ) -> torch.Tensor:
     """Perturbed images ``data[index]`` driven toward ``(y + shift) mod C`` by ``pgd`` against the mean
-    cross-entropy of ``models`` (shared by TAP and SEP); the restart with the lowest loss per image wins."""
+    cross-entropy of ``models`` (shared by TAP and SEP); the restart with the lowest loss per image wins.
+
+    The pass is resumable: every ``attack.save_every_s`` seconds the finished images and the random state go to
+    ``attack``'s checkpoint, and a run with the same parameters continues after the last finished batch, with the
+    result of a run never interrupted (the surrogates themselves are cached once trained)."""
     x_all, y_all = data.tensors(device)
     idx_all = torch.as_tensor(index, device=device)
     out = x_all[idx_all].clone()
     ce = torch.nn.CrossEntropyLoss(reduction="none")
+    start, state = 0, attack.load_state()
+    if state is not None:
+        start = state["done"]
+        out[:start] = state["out"].to(device)
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])  # kornia draws its crops and flips from the global generator
+    saved = time.monotonic()
     with progress.task(description, total=restarts * len(index)) as advance:
-        for b in range(0, len(index), batch_size):
+        advance(restarts * start)
+        for b in range(start, len(index), batch_size):
             idx = idx_all[b:b + batch_size]
             x, target = x_all[idx], (y_all[idx] + shift) % data.num_classes
             losses = [cross_entropy_loss(m, target, augment) for m in models]
@@ -92,4 +106,10 @@ def targeted_pgd(pgd: PGD, models: list, data: ImageSet, index: np.ndarray, shif
                 best[better], best_loss[better] = x_adv[better], loss[better]
                 advance(len(idx))
             out[b:b + len(idx)] = best
+            if time.monotonic() - saved > attack.save_every_s:
+                done = b + len(idx)
+                attack.save_state({"done": done, "out": out[:done].cpu(), "gen": gen.get_state(),
+                                   "torch_rng": torch.get_rng_state()})
+                saved = time.monotonic()
+    attack.clear_state()
     return out

@@ -146,6 +146,33 @@ def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, 
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
 
 
+def test_surrogate_training_resumes_after_its_last_finished_epoch(tmp_path, data, monkeypatch):
+    from unlearnable import training
+    from unlearnable.attacks import surrogate
+
+    sub, device = data.take(128, seed=2), training.resolve_device("cpu")  # one SGD step an epoch
+    monkeypatch.setattr(surrogate, "cache_dir", lambda: tmp_path / "uninterrupted")
+    expected = surrogate.clean_surrogate(sub, "cnn", 4, 11, device, keep=2)
+    monkeypatch.setattr(surrogate, "cache_dir", lambda: tmp_path / "crashed")
+    save, steps, step = surrogate._save_epochs, [], training.Trainer.step
+
+    def crash_at_epoch_3(run, states):
+        if 3 in states:
+            raise KeyboardInterrupt
+        save(run, states)
+
+    monkeypatch.setattr(surrogate, "_save_epochs", crash_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        surrogate.clean_surrogate(sub, "cnn", 4, 11, device, keep=2)
+    monkeypatch.setattr(surrogate, "_save_epochs", save)
+    monkeypatch.setattr(training.Trainer, "step", lambda self, x, y: steps.append(1) or step(self, x, y))
+    resumed = surrogate.clean_surrogate(sub, "cnn", 4, 11, device, keep=2)
+    assert len(steps) == 2  # epochs 3 and 4 only: epochs 1-2 were not trained again
+    for a, b in zip(expected, resumed):
+        assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not list(tmp_path.glob("crashed/surrogates/*/training.pt"))  # removed once training ended
+
+
 def test_tap_and_sep_share_one_cached_surrogate_run(data, monkeypatch):
     from unlearnable.attacks import surrogate
     from unlearnable.training import resolve_device

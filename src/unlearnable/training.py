@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from torch import nn
 
 from . import progress
 from .data import ImageSet
+from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
 from .models.classical import PixelClassifier
@@ -238,10 +240,14 @@ def default_flip(source: str) -> bool:
 
 def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.Module = "cnn",
           cfg: TrainConfig | None = None, description: str = "training",
-          on_epoch: Callable[[int, nn.Module], None] | None = None, **model_kwargs: Any) -> TrainResult:
+          on_epoch: Callable[[int, nn.Module], None] | None = None, state_path: str | Path | None = None,
+          **model_kwargs: Any) -> TrainResult:
     """Train ``model`` (a registry name or a module) on ``trainset``; evaluate on the clean ``testset``.
 
     ``on_epoch(epoch, model)`` is called after each epoch (1-based), e.g. to keep checkpoints (SEP).
+    ``state_path``: after each epoch (and its ``on_epoch``) the model, optimiser, schedule, history and random
+    state are written there; a run with the same recipe that finds the file continues after the last finished
+    epoch, with the result of a run never interrupted, and the file is removed when training ends.
     """
     cfg = cfg or TrainConfig()
     if len(trainset) == 0:
@@ -262,9 +268,12 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     test = None
     if testset is not None:
         test = (torch.from_numpy(np.array(testset.x)).to(device), torch.from_numpy(testset.y).to(device))
-    result = TrainResult(model)
+    result, first = TrainResult(model), 0
+    if state_path is not None and Path(state_path).is_file():
+        first = _resume(Path(state_path), cfg, trainer, result)
     with progress.task(description, total=cfg.epochs * steps_per_epoch) as advance:
-        for epoch in range(cfg.epochs):
+        advance(first * steps_per_epoch)
+        for epoch in range(first, cfg.epochs):
             t0 = time.perf_counter()
             loss_sum, correct = 0.0, 0
             perm = torch.randperm(len(y), generator=gen).to(device)
@@ -283,7 +292,29 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             log.info("epoch %d: %s", epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
+            if state_path is not None:
+                torch_save_atomic({"cfg": dataclasses.asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                                   "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict(),
+                                   "gen": gen.get_state(), "history": result.history, "seconds": result.seconds},
+                                  state_path)
+    if state_path is not None:
+        Path(state_path).unlink(missing_ok=True)
     return result
+
+
+def _resume(path: Path, cfg: TrainConfig, trainer: Trainer, result: TrainResult) -> int:
+    """Load an interrupted run's state into ``trainer`` and ``result``; the number of finished epochs (0: none)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("cfg") != dataclasses.asdict(cfg):
+        log.warning("ignoring %s (saved by a run with another recipe)", path)
+        return 0
+    trainer.model.load_state_dict(state["model"])
+    trainer.opt.load_state_dict(state["opt"])
+    trainer.sched.load_state_dict(state["sched"])
+    trainer.gen.set_state(state["gen"])
+    result.history, result.seconds = state["history"], state["seconds"]
+    log.info("training: resuming after epoch %d from %s", state["epoch"], path)
+    return state["epoch"]
 
 
 def _fit_classical(model: PixelClassifier, trainset: ImageSet, testset: ImageSet | None,

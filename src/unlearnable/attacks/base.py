@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import ImageSet, seeded_fraction
-from ..data.store import budget_levels
+from ..data.store import budget_levels, torch_save_atomic
 from ..errors import UnlearnableError
 from ..params import apply_preset, check, check_choice
 
@@ -103,15 +103,8 @@ class Attack:
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with the parameters."""
-        if not self.checkpoint:
-            return
-        import torch
-
-        path = Path(self.checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"params": self.params(), "state": state}, tmp)
-        tmp.replace(path)
+        if self.checkpoint:
+            torch_save_atomic({"params": self.params(), "state": state}, self.checkpoint)
 
     def load_state(self) -> dict[str, Any] | None:
         """The state saved by an interrupted run with the same parameters, or None."""

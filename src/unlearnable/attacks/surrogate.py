@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, cache_dir
+from ..data.store import torch_save_atomic
 from ..errors import UnlearnableError
 from ..models import CLASSICAL, MODELS, create_model
 from ..training import TrainConfig, train
@@ -72,14 +74,20 @@ def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: t
         states = {}
         cfg = TrainConfig(epochs=epochs, seed=seed, device=str(device), eval_every=epochs + 1)
 
-        def snapshot(epoch: int, model: nn.Module) -> None:
+        def snapshot(epoch: int, model: nn.Module) -> None:  # each kept epoch is cached as soon as it is taken
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             small = epochs * sum(v.numel() * v.element_size() for v in state.values()) <= KEEP_ALL_EPOCHS_BYTES
             if epoch in at or small:
                 states[epoch] = state
+                _save_epochs(run, {epoch: state})
 
-        train(data, None, make_surrogate(name, data, device), cfg, description=f"surrogate {name}", on_epoch=snapshot)
-        _save_epochs(run, states)
+        torch.manual_seed(seed)  # the initialisation, whatever the caller drew before (TAP and SEP: the same seed)
+        # an interrupted run resumes after its last finished epoch; the epochs it kept before are in the cache
+        train(data, None, make_surrogate(name, data, device), cfg, description=f"surrogate {name}", on_epoch=snapshot,
+              state_path=run / "training.pt" if _writable(run) else None)
+        missing = [e for e in at if e not in states]
+        if missing:
+            states.update(_load_epochs(run, missing) or {})
     models = []
     for epoch in at:
         m = make_surrogate(name, data, device)
@@ -98,12 +106,17 @@ def _load_epochs(run: Path, at: list[int]) -> dict[int, dict] | None:
     return states
 
 
-def _save_epochs(run: Path, states: dict[int, dict]) -> None:
+def _writable(run: Path) -> bool:
     try:
         run.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(run, os.W_OK)
+
+
+def _save_epochs(run: Path, states: dict[int, dict]) -> None:
+    try:
         for epoch, state in states.items():
-            tmp = run / f"epoch{epoch}.tmp"
-            torch.save(state, tmp)
-            tmp.replace(run / f"epoch{epoch}.pt")
+            torch_save_atomic(state, run / f"epoch{epoch}.pt")
     except OSError:
         log.warning("could not cache the surrogate in %s", run)

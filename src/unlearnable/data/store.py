@@ -61,6 +61,18 @@ def atomic_dir(out: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file at ``path``."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
 def budget_levels(eps: float) -> int:
     """An L-inf radius on the [0, 1] scale as whole 8-bit levels: floor(eps * 255)."""
     return int(np.floor(eps * 255 + 1e-6))

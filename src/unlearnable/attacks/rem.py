@@ -48,7 +48,8 @@ class REM(Attack):
     about 1/25 of the paper-default cost per image (BENCHMARKS.md compares the effect). Cost per image and
     surrogate step is ``steps * eot * (adv_steps + 1)`` input gradients, which is why REM is the slowest attack here.
     Measured (8/255, default victim): full Fashion-MNIST 92.1% -> 62.4% (surrogate error 0.06 at the end; 64.5% at
-    16/255, 51.7% at 32/255); on the 20k colour CIFAR-10 subset 75.4% -> 72.3% only: 400 adversarial steps leave a colour surrogate at 78% error.
+    16/255, 51.7% at 32/255); on the 20k colour CIFAR-10 subset 75.4% -> 72.3% only: 400 adversarial steps leave
+    a colour surrogate at 78% error.
     More steps are not enough there: with ``train_steps=4000`` (and ``steps=3, eot=1, adv_steps=2``) the surrogate
     ends at 3% error but the victim still reaches 53.6%, so on colour data the cut EOT and inner steps matter too;
     at 16/255 the cheaper ``train_steps=2000`` setting brings the victim to 32.7%.

@@ -78,7 +78,7 @@ def targeted_pgd(attack: Attack, pgd: PGD, models: list, data: ImageSet, index: 
 
     The pass is resumable: every ``attack.save_every_s`` seconds the finished images and the random state go to
     ``attack``'s checkpoint, and a run with the same parameters continues after the last finished batch, with the
-    result of a run never interrupted (the surrogates themselves are cached once trained)."""
+    result of a run never interrupted (the surrogates are cached, and resumed, epoch by epoch)."""
     x_all, y_all = data.tensors(device)
     idx_all = torch.as_tensor(index, device=device)
     out = x_all[idx_all].clone()

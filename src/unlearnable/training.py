@@ -292,7 +292,7 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             log.info("epoch %d: %s", epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
-            if state_path is not None:
+            if state_path is not None and epoch + 1 < cfg.epochs:  # after the last epoch it would be removed
                 torch_save_atomic({"cfg": dataclasses.asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                                    "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict(),
                                    "gen": gen.get_state(), "history": result.history, "seconds": result.seconds},

@@ -205,7 +205,8 @@ class RateConstrainedVAE(Purifier):
     width: int = 64  # channels of the first ResNet stage (official ResNet-18: 64); latent = 4 * width
     kld_weight: float | None = None  # lambda; None: the official rule (0.01 if the limit > 0.99 else 0.5)
     kld_limit: float = 1.0  # the rate constraint, nats per latent position
-    sample: bool = True  # sample z at purification time too, as the official code does (False: z = mu)
+    sample: bool = True  # sample z at purification time too, as the official code does (False: z = mu; the
+    #   sampling noise purifies too: class-wise EM 8/255 on Fashion-MNIST, fast preset, 87.8% vs 85.5% with z = mu)
     purify_batch: int = 512  # batch size of inference (memory only)
     amp: bool | None = None  # bf16 autocast + channels_last; None: on where bf16 is fast (CUDA, CPUs with
     #   native bf16: ~20% less CPU time per step for the fast preset), as in the package trainer

@@ -17,6 +17,7 @@ goes to ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ def main() -> None:
     ap.add_argument("--victims", default="cnn,convnet,svm-linear,svm-rbf,random-forest")
     ap.add_argument("--ratios", default="0.2,0.4,0.6,0.8,1.0")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="neural victims' epochs")
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                    help="neural victims' batch (a small subset needs a smaller one to take enough steps)")
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr, help="neural victims' peak learning rate")
     ap.add_argument("--subset", type=int, default=0, help="train victims on a seeded subset of N images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
@@ -52,7 +56,7 @@ def main() -> None:
 
     train_set, test_set = load(args.data)
     options = dict(o.split("=", 1) for o in args.options)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     base = run_meta(data=args.data, seed=args.seed)
 
     def victim_set(data):
@@ -90,6 +94,7 @@ def main() -> None:
     eps = generator.config["eps"]
 
     if args.experiment == "victims":
+        cfg = dataclasses.replace(cfg, eval_every=args.epochs)  # only the final accuracy is reported
         for name in args.victims.split(","):
             clean = train(victim_set(train_set), test_set, name, cfg)
             bad = train(victim_set(protected), test_set, name, cfg)

@@ -82,11 +82,15 @@ def test_em_resumes_from_checkpoint(tmp_path, data):
     interrupted.poison(sub)
     resumed = create_attack("em", **opts)
     resumed.checkpoint = str(tmp_path / "state.pt")
+    resumed.bind_state(sub)
     state = resumed.load_state()
     assert state is None  # other parameters (max_rounds) -> not reused...
     same = create_attack("em", **{**opts, "max_rounds": 2})
     same.checkpoint = str(tmp_path / "state.pt")
-    assert same.load_state()["round"] == 2  # ...the same parameters -> resumed at round 2
+    same.bind_state(data.take(300, seed=2))
+    assert same.load_state() is None  # ...other data -> not reused either...
+    same.bind_state(sub)
+    assert same.load_state()["round"] == 2  # ...the same parameters and data -> round 2
     np.testing.assert_array_equal(same.poison(sub).x, interrupted.poison(sub).x)
     assert full.x.shape == sub.x.shape
 
@@ -113,6 +117,7 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
     monkeypatch.setattr(REM, "_noise", noise)
     resumed = create_attack("rem", **opts)
     resumed.checkpoint = crashed.checkpoint
+    resumed.bind_state(sub)
     assert resumed.load_state()["step"] == 2
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
 
@@ -141,6 +146,7 @@ def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, 
     monkeypatch.setattr(PGD, "run", run)
     resumed = create_attack(name, **opts)
     resumed.checkpoint = crashed.checkpoint
+    resumed.bind_state(sub)
     assert resumed.load_state()["done"] == 64  # two batches of 32 finished before the crash
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind

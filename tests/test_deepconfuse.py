@@ -1,6 +1,8 @@
 """DeepConfuse: contracts (budget, dtype, shape, determinism, errors), generator save/load, and effect on real data."""
 from __future__ import annotations
 
+from operator import itemgetter
+
 import numpy as np
 import pytest
 import torch
@@ -74,6 +76,37 @@ def test_deterministic_under_seed(tiny, tiny_set):
     _, first = tiny
     again = DeepConfuse(**TINY).poison(tiny_set)
     np.testing.assert_array_equal(first.x, again.x)
+
+
+# steps 0-1 are trial 1, 2-3 trial 2: crash inside trial 1, between the trials, inside trial 2
+@pytest.mark.parametrize("crash_at_step", [1, 2, 3])
+def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash_at_step):
+    # every trial scores better than the one before, so the kept generator is the last one: it depends on every
+    # step of both trials (the scoring victims are covered by the other tests)
+    monkeypatch.setattr(DeepConfuse, "_score", lambda self, g, d, t, h, trial: {"clean_acc": 1 / (trial + 2),
+                                                                                 "target_rate": 0.0})
+    expected = DeepConfuse(**TINY).poison(tiny_set)
+    crashed = DeepConfuse(**TINY)
+    crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every step
+    calls, step = [], DeepConfuse._step
+
+    def crash(self, *args):
+        calls.append(1)
+        if len(calls) == crash_at_step + 1:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(DeepConfuse, "_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.poison(tiny_set)
+    monkeypatch.setattr(DeepConfuse, "_step", step)
+    resumed = DeepConfuse(**TINY)
+    resumed.checkpoint = crashed.checkpoint
+    resumed.bind_state(tiny_set)
+    steps_per_trial = 2  # smoke: 0.25 epoch of 500 training images in batches of 64
+    assert itemgetter("trial", "step")(resumed.load_state()) == divmod(crash_at_step, steps_per_trial)
+    np.testing.assert_array_equal(resumed.poison(tiny_set).x, expected.x)  # as if never interrupted
+    assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
 
 
 def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):

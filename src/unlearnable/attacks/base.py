@@ -10,23 +10,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..data import ImageSet, seeded_fraction
-from ..data.store import budget_levels, torch_save_atomic
+from ..data.store import budget_levels
 from ..errors import UnlearnableError
 from ..params import apply_preset, check, check_choice
+from ..resume import Resumable
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Attack:
-    """Base of all attacks. Subclasses set ``name``, ``norms`` and implement :meth:`craft`."""
+class Attack(Resumable):
+    """Base of all attacks. Subclasses set ``name``, ``norms`` and implement :meth:`craft`. Long attacks save their
+    state to :attr:`checkpoint` when a caller sets it (:class:`~unlearnable.resume.Resumable`)."""
 
     eps: float = 8 / 255  # perturbation radius on the [0, 1] scale (L0: number of pixels)
     norm: str = "linf"  # "linf", "l2" or "l0"
@@ -70,6 +71,7 @@ class Attack:
         if len(data) == 0:
             raise UnlearnableError("cannot poison an empty set")
         index = self.select(len(data))
+        self.bind_state(data)
         t0 = time.perf_counter()
         images, labels = self.craft(data, index)
         seconds = time.perf_counter() - t0
@@ -94,34 +96,6 @@ class Attack:
         """Files a trained attack leaves for reuse, saved next to the poisoned set: ``{file name: (bytes, config)}``
         (the config goes into the manifest). DeepConfuse: its generator. Most attacks: none."""
         return {}
-
-    # ------------------------------------------------------------------------------------------------ resuming
-    #: Where a long attack keeps its state between safe points (set by the caller, e.g. the CLI); None: nowhere.
-    checkpoint: ClassVar[str | None] = None
-    #: Inside one long pass over the data, the state is written at most this often (seconds).
-    save_every_s: ClassVar[float] = 60.0
-
-    def save_state(self, state: dict[str, Any]) -> None:
-        """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with the parameters."""
-        if self.checkpoint:
-            torch_save_atomic({"params": self.params(), "state": state}, self.checkpoint)
-
-    def load_state(self) -> dict[str, Any] | None:
-        """The state saved by an interrupted run with the same parameters, or None."""
-        if not self.checkpoint or not Path(self.checkpoint).is_file():
-            return None
-        import torch
-
-        saved = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("params") != self.params():
-            log.warning("%s: ignoring %s (made with other parameters)", self.name, self.checkpoint)
-            return None
-        log.info("%s: resuming from %s", self.name, self.checkpoint)
-        return saved["state"]
-
-    def clear_state(self) -> None:
-        if self.checkpoint and Path(self.checkpoint).is_file():
-            Path(self.checkpoint).unlink()
 
     # ------------------------------------------------------------------------------------------------ quantisation
     def quantise(self, clean: np.ndarray, images: Any) -> np.ndarray:

@@ -55,6 +55,7 @@ from .. import progress
 from ..data import ImageSet
 from ..errors import UnlearnableError
 from ..params import check, check_choice
+from ..resume import rng_state, set_rng_state
 from .base import Attack
 
 log = logging.getLogger(__name__)
@@ -290,11 +291,16 @@ class DeepConfuse(Attack):
         return protect(self.generator_, data.x[index]).astype(np.float32) / 255, data.y[index]
 
     def fit(self, data: ImageSet) -> "DeepConfuse":
-        """Train the generator on the clean set ``data``; the best one is ``generator_``, the trial log ``history_``."""
+        """Train the generator on the clean set ``data``; the best one is ``generator_``, the trial log ``history_``.
+
+        With :attr:`checkpoint` set, the state is saved after every trial (and within a trial at most every
+        :attr:`save_every_s` seconds), and a run with the same parameters on the same data resumes from it with
+        the result of an uninterrupted run (``time_limit`` counts the seconds of both runs)."""
         from ..training import TrainConfig, Trainer, default_flip, resolve_device, seed_everything
 
         check(len(data) > self.holdout + 1, f"{len(data)} samples leave nothing to train on after a holdout of "
               f"{self.holdout}")
+        self.bind_state(data)
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
         train_idx, hold_idx = self._split(data)
@@ -308,16 +314,57 @@ class DeepConfuse(Attack):
                           seed=self.seed, device=str(device))
         steps = max(1, int(self.epochs_per_trial * math.ceil(len(y) / self.batch_size)))
         best, self.history_ = math.inf, []
-        t0 = time.perf_counter()
+        self.__dict__.pop("generator_", None)  # a previous fit's generator is not this run's best
+        first_trial, first_step, elapsed = 0, 0, 0.0
+        state = self.load_state()
+        if state is not None:
+            g_train.load_state_dict(state["g_train"])
+            g_frozen.load_state_dict(state["g_frozen"])
+            g_opt.load_state_dict(state["g_opt"])
+            best, self.history_, elapsed = state["best"], state["history"], state["seconds"]
+            if state["best_generator"] is not None:
+                self.generator_ = copy.deepcopy(g_frozen)
+                self.generator_.load_state_dict(state["best_generator"])
+            first_trial, first_step = state["trial"], state["step"]
+            if not first_step:  # saved between trials: the next classifier's initialisation draws from here
+                set_rng_state(state["rng"], gen)
+        t0 = time.perf_counter() - elapsed
+
+        def save(trial: int, step: int, trainer=None) -> None:
+            self.save_state({
+                "trial": trial, "step": step, "seconds": time.perf_counter() - t0, "rng": rng_state(gen),
+                "g_train": g_train.state_dict(), "g_frozen": g_frozen.state_dict(), "g_opt": g_opt.state_dict(),
+                "best": best, "history": self.history_,
+                "best_generator": self.generator_.state_dict() if hasattr(self, "generator_") else None,
+                "classifier": None if trainer is None else {"model": trainer.model.state_dict(),
+                                                            "opt": trainer.opt.state_dict(),
+                                                            "sched": trainer.sched.state_dict()}})
+
         with progress.task("deepconfuse", total=self.trials * steps) as advance:
-            for trial in range(self.trials):
+            advance(first_trial * steps + first_step)
+            for trial in range(first_trial, self.trials):
+                mid_trial = state is not None and first_step and trial == first_trial  # resumed inside this trial
+                if self.time_limit and trial and not mid_trial and time.perf_counter() - t0 > self.time_limit:
+                    log.info("deepconfuse: time limit reached after %d trials", trial)
+                    break
                 clf = self._classifier(data, device)
                 trainer = Trainer(clf, cfg, steps, data.image_size[0], flip=default_flip(data.source),
                                   device=device, gen=gen)
-                for _ in range(steps):
+                start = 0
+                if mid_trial:
+                    clf.load_state_dict(state["classifier"]["model"])
+                    trainer.opt.load_state_dict(state["classifier"]["opt"])
+                    trainer.sched.load_state_dict(state["classifier"]["sched"])
+                    set_rng_state(state["rng"], gen)
+                    start = first_step
+                saved = time.perf_counter()
+                for step in range(start, steps):
                     idx = torch.randint(0, len(y), (self.batch_size,), generator=gen).to(device)
                     self._step(trainer, g_train, g_frozen, g_opt, x[idx], y[idx], data.num_classes)
                     advance(1)
+                    if self.checkpoint and step + 1 < steps and time.perf_counter() - saved >= self.save_every_s:
+                        save(trial, step + 1, trainer)
+                        saved = time.perf_counter()
                 g_frozen.load_state_dict(g_train.state_dict())
                 score = self._score(g_frozen, data, train_idx, hold_idx, trial)
                 self.history_.append({"trial": trial + 1, **score, "seconds": round(time.perf_counter() - t0, 1)})
@@ -326,10 +373,10 @@ class DeepConfuse(Attack):
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
                     best, self.generator_ = key, copy.deepcopy(g_frozen).eval()
-                if self.time_limit and time.perf_counter() - t0 > self.time_limit:
-                    log.info("deepconfuse: time limit reached after %d trials", trial + 1)
-                    break
-        self.generator_.cpu()
+                if self.checkpoint:
+                    save(trial + 1, 0)
+        self.generator_.cpu().eval()
+        self.clear_state()
         return self
 
     def _step(self, trainer, g_train, g_frozen, g_opt, x, y, num_classes) -> None:

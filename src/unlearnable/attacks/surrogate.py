@@ -3,7 +3,6 @@ attacks that need a model trained on CLEAN data: TAP, SEP) trained once and cach
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -49,13 +48,6 @@ def frozen(model: nn.Module) -> nn.Module:
     return m.requires_grad_(False)
 
 
-def data_fingerprint(data: ImageSet) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(data.x).tobytes())
-    h.update(data.y.tobytes())
-    return h.hexdigest()[:16]
-
-
 #: Every epoch's weights are cached when the whole run's weights stay below this size (the ``cnn``: ~0.5 MB an
 #: epoch), so TAP (final epoch) and SEP (evenly spaced epochs) on the same data share one training run.
 KEEP_ALL_EPOCHS_BYTES = 64 * 2**20
@@ -68,7 +60,7 @@ def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: t
     attack on the same data, architecture, epochs and seed reuses the run when the epochs it needs are there."""
     keep = max(1, min(keep, epochs))
     at = sorted({int(round(e)) for e in np.linspace(epochs / keep, epochs, keep)})
-    run = cache_dir() / "surrogates" / f"{data_fingerprint(data)}-{name}-e{epochs}-s{seed}"
+    run = cache_dir() / "surrogates" / f"{data.fingerprint()}-{name}-e{epochs}-s{seed}"
     states = _load_epochs(run, at)
     if states is None:
         states = {}

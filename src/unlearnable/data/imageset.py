@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,13 @@ class ImageSet:
             members = np.flatnonzero(self.y == c)
             idx.append(rng.choice(members, min(len(chunk), len(members)), replace=False))
         return self.subset(np.sort(np.concatenate(idx)))
+
+    def fingerprint(self) -> str:
+        """A short digest of the pixels and labels: what caches and resumable jobs key their files by."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.x).tobytes())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        return h.hexdigest()[:16]
 
     def tensors(self, device: Any = "cpu"):
         """Images as float32 in [0, 1] and labels as int64, both torch tensors on ``device``."""

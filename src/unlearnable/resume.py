@@ -1,0 +1,78 @@
+"""Resumable long jobs: attacks and purifiers that train for minutes to days save their state at safe points.
+
+A caller (the CLI) sets ``job.checkpoint`` to a file path; the job writes its state there atomically, tagged with
+its parameters and a fingerprint of its data, and a later run with the same parameters on the same data continues
+from it - with the result an uninterrupted run gives, random number generators included. A state made with other
+parameters or other data is ignored (with a warning), never half-applied.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .data.store import torch_save_atomic
+
+log = logging.getLogger(__name__)
+
+
+class Resumable:
+    """Mixin of the long jobs (attacks, purifiers); subclasses provide ``name`` and ``params()``."""
+
+    #: Where the job keeps its state between safe points (set by the caller, e.g. the CLI); None: nowhere.
+    checkpoint: ClassVar[str | None] = None
+    #: Inside one long pass, the state is written at most this often (seconds); safe points at the end of a
+    #: trial, round or epoch are always written.
+    save_every_s: ClassVar[float] = 60.0
+
+    def bind_state(self, data: Any) -> None:
+        """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
+        self._state_data = data.fingerprint() if self.checkpoint else None
+
+    def _state_tag(self) -> dict[str, Any]:
+        return {"params": self.params(), "data": getattr(self, "_state_data", None)}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with parameters and data."""
+        if self.checkpoint:
+            torch_save_atomic({**self._state_tag(), "state": state}, self.checkpoint)
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The state saved by an interrupted run with the same parameters and data, or None."""
+        if not self.checkpoint or not Path(self.checkpoint).is_file():
+            return None
+        import torch
+
+        saved = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        if {k: saved.get(k) for k in ("params", "data")} != self._state_tag():
+            log.warning("%s: ignoring %s (made with other parameters or data)", self.name, self.checkpoint)
+            return None
+        log.info("%s: resuming from %s", self.name, self.checkpoint)
+        return saved["state"]
+
+    def clear_state(self) -> None:
+        if self.checkpoint and Path(self.checkpoint).is_file():
+            Path(self.checkpoint).unlink()
+
+
+def rng_state(gen: Any = None) -> dict[str, Any]:
+    """The global torch (CPU and current CUDA device) and numpy generators, and ``gen``'s state."""
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+            "gen": None if gen is None else gen.get_state()}
+
+
+def set_rng_state(state: dict[str, Any], gen: Any = None) -> None:
+    """Restore what :func:`rng_state` saved."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if gen is not None and state["gen"] is not None:
+        gen.set_state(state["gen"])

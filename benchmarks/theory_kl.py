@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
 from scipy import integrate, stats
 
 

@@ -1,7 +1,6 @@
 """The trainer: it learns real data, is deterministic, and baselines barely hurt it (effect tests)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

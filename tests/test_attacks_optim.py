@@ -72,27 +72,38 @@ def test_classwise_em_has_one_perturbation_per_class(poisoned, data):
         assert all(np.array_equal(m[i], ref[i]) for m, i in zip(members, inside & inside[0:1]))
 
 
-def test_em_resumes_from_checkpoint(tmp_path, data):
+def test_em_resumes_from_checkpoint(tmp_path, data, monkeypatch):
+    from unlearnable.attacks.em import EM
+
     sub = data.take(300, seed=1)
     opts = dict(eps=EPS, mode="sample", steps=2, max_rounds=3, seed=4, stop_error=0.0)
     full = create_attack("em", **opts).poison(sub)
-    interrupted = create_attack("em", **{**opts, "max_rounds": 2})
-    interrupted.checkpoint = str(tmp_path / "state.pt")
-    interrupted.clear_state = lambda: None  # keep the state as a crash would
-    interrupted.poison(sub)
+    crashed = create_attack("em", **opts)
+    crashed.checkpoint = str(tmp_path / "state.pt")
+    calls, sweep = [], EM._sweep
+
+    def crash_in_round_3(self, *args):
+        calls.append(1)
+        if len(calls) == 3:  # after the state saved at the end of round 2
+            raise KeyboardInterrupt
+        return sweep(self, *args)
+
+    monkeypatch.setattr(EM, "_sweep", crash_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.poison(sub)
+    monkeypatch.setattr(EM, "_sweep", sweep)
+    other = create_attack("em", **{**opts, "max_rounds": 4})
+    other.checkpoint = crashed.checkpoint
+    other.bind_state(sub)
+    assert other.load_state() is None  # other parameters -> not reused...
     resumed = create_attack("em", **opts)
-    resumed.checkpoint = str(tmp_path / "state.pt")
+    resumed.checkpoint = crashed.checkpoint
+    resumed.bind_state(data.take(300, seed=2))
+    assert resumed.load_state() is None  # ...other data -> not reused either...
     resumed.bind_state(sub)
-    state = resumed.load_state()
-    assert state is None  # other parameters (max_rounds) -> not reused...
-    same = create_attack("em", **{**opts, "max_rounds": 2})
-    same.checkpoint = str(tmp_path / "state.pt")
-    same.bind_state(data.take(300, seed=2))
-    assert same.load_state() is None  # ...other data -> not reused either...
-    same.bind_state(sub)
-    assert same.load_state()["round"] == 2  # ...the same parameters and data -> round 2
-    np.testing.assert_array_equal(same.poison(sub).x, interrupted.poison(sub).x)
-    assert full.x.shape == sub.x.shape
+    assert resumed.load_state()["round"] == 2  # ...the same parameters and data -> round 2
+    np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
+    assert not (tmp_path / "state.pt").exists()
 
 
 def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 
@@ -79,6 +80,34 @@ def test_poison_info_train_export_purify(tmp_path):
     assert len(list((tmp_path / "png" / "test").rglob("*.png"))) == 10000
     run("purify", "--defense", "bdr", "--data", str(out), "--out", str(tmp_path / "pur"), check_rc=0)
     assert json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["method"] == "bdr"
+
+
+def test_interrupted_purify_resumes(tmp_path, monkeypatch):
+    from unlearnable.data import load_set
+    from unlearnable.defenses.dvae import DVAE
+
+    out = tmp_path / "p"
+    run("poison", "--attack", "random-noise", "--subset", "256", "--out", str(out), check_rc=0)
+    data, opts = load_set(out), {"width": 4, "epochs": 2, "batch_size": 64}
+    expected = DVAE(**opts).fit(data).transform(data).x
+    crashed = DVAE(**opts)
+    crashed.checkpoint, crashed.save_every_s = str(tmp_path / ".pur.state.pt"), 0.0  # where the CLI keeps it
+    calls, loss = [], DVAE._loss
+
+    def crash(self, *args):
+        calls.append(1)
+        if len(calls) == 11:  # inside stage 2
+            raise KeyboardInterrupt
+        return loss(self, *args)
+
+    monkeypatch.setattr(DVAE, "_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit(data)
+    sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
+    p = run("purify", "--defense", "dvae", "--data", str(out), "--out", str(tmp_path / "pur"), *sets, check_rc=0)
+    assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
+    np.testing.assert_array_equal(load_set(tmp_path / "pur").x, expected)
+    assert not (tmp_path / ".pur.state.pt").exists()  # resumed from it, and cleared once the set was saved
 
 
 def test_tampered_set_is_refused(tmp_path):

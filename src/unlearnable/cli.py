@@ -85,7 +85,7 @@ def poison(
     if subset:
         train = train.take(subset, seed=seed)
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
-    atk.checkpoint = str(out.parent / f".{out.name}.state.pt")  # an interrupted run resumes from here
+    _resumable(atk, out)
     poisoned = atk.poison(train)
     files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
@@ -114,8 +114,10 @@ def purify(
 
     train, _ = load(data)
     _say(f"purifying {len(train)} images with {defense} ...")
+    _resumable(pur, out)
     purified = pur.fit(train).transform(train)
     save_set(purified, out, overwrite=overwrite)
+    pur.clear_state()
     _say(f"saved {out}")
 
 
@@ -295,6 +297,13 @@ def dvae_check(
     res = check(train, test, **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat rms {res['p_rms']:.4f})")
+
+
+def _resumable(job, out: Path) -> None:
+    """Keep ``job``'s state next to ``out``, so that an interrupted run continues where it stopped."""
+    job.checkpoint = str(out.parent / f".{out.name}.state.pt")
+    if Path(job.checkpoint).is_file():
+        _say(f"found {job.checkpoint} from an interrupted run: resuming it (if it had the same parameters and data)")
 
 
 def _say(message: str) -> None:

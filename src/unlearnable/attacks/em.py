@@ -10,6 +10,7 @@ import torch
 from .. import progress
 from ..data import ImageSet
 from ..params import check, check_choice
+from ..resume import rng_state, set_rng_state
 from ..pgd import PGD, cross_entropy_loss
 from ..training import TrainConfig, Trainer, predict, resolve_device, seed_everything
 from .base import Attack
@@ -93,13 +94,15 @@ class EM(Attack):
         shape = (data.num_classes, *x_all.shape[1:]) if self.classwise else tuple(x_all.shape)
         delta = torch.zeros(shape, device=device)
         start, error, rounds = 0, 1.0, 0
+        batches = _Batches(len(data), self.batch_size, gen, device)
         state = self.load_state()
         if state is not None:
             model.load_state_dict(state["model"])
             trainer.opt.load_state_dict(state["opt"])
             delta, start, error = state["delta"].to(device), state["round"], state["error"]
+            batches.perm, batches.pos = state["batches"]
+            set_rng_state(state["rng"], gen)
             rounds = start
-        batches = _Batches(len(data), self.batch_size, gen, device)
         with progress.task(f"em ({self.mode})", total=self.max_rounds) as advance:
             advance(start)
             for rnd in range(start, self.max_rounds):
@@ -115,7 +118,8 @@ class EM(Attack):
                 advance(1, status=f"error {error:.3f}")
                 rounds = rnd + 1
                 self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
-                                 "delta": delta.cpu(), "round": rnd + 1, "error": error})
+                                 "delta": delta.cpu(), "round": rnd + 1, "error": error,
+                                 "batches": (batches.perm, batches.pos), "rng": rng_state(gen)})
         if error >= stop:
             log.warning("em: stopped after %d rounds with surrogate error %.3f (target < %.3f)",
                         self.max_rounds, error, stop)

@@ -12,13 +12,18 @@ import numpy as np
 
 from ..data import ImageSet
 from ..params import apply_preset
+from ..resume import Resumable
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Purifier:
-    """Base of all purification defenses (those that change the training data before a victim trains)."""
+class Purifier(Resumable):
+    """Base of all purification defenses (those that change the training data before a victim trains).
+
+    Purifiers that learn for long (D-VAE) save their training state to :attr:`checkpoint` when a caller sets it
+    (:class:`~unlearnable.resume.Resumable`); it stays there after :meth:`fit`, so that a run interrupted while
+    purifying does not train again, until :meth:`clear_state` (the CLI calls it once the purified set is saved)."""
 
     seed: int = 0
     device: str = "auto"

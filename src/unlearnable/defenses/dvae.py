@@ -52,6 +52,7 @@ from .. import progress
 from ..data import ImageSet
 from ..errors import UnlearnableError
 from ..params import check
+from ..resume import rng_state, set_rng_state
 from ..training import fast_bf16, resolve_device, seed_everything
 from .base import Purifier
 
@@ -254,26 +255,57 @@ class RateConstrainedVAE(Purifier):
             raise UnlearnableError(f"{self.name}: {len(data)} training images, fewer than one batch "
                                    f"({self.batch_size}); lower batch_size")
 
-    def _train(self, data: ImageSet, limit: float, perturbation: bool, seed: int, desc: str) -> DVAENet:
-        """Train one (D-)VAE with the official objective; returns it in eval mode."""
+    def _start(self, data: ImageSet) -> None:
+        """Begin a fit: the state of an interrupted run on the same data with the same parameters, if any."""
+        self._check_data(data)
+        self._remember(data)
+        self.bind_state(data)
+        self._run = self.load_state() or {"done": {}, "current": None}
+
+    def _train(self, data: ImageSet, limit: float, perturbation: bool, seed: int, key: str, desc: str) -> DVAENet:
+        """Train one (D-)VAE with the official objective; returns it in eval mode.
+
+        Resumable: with :attr:`checkpoint` set, the state is saved after every epoch (and within one at most every
+        :attr:`save_every_s` seconds) and a finished network under ``key``; a resumed fit trains on from there to
+        the weights of an uninterrupted one."""
         gen = seed_everything(seed)
         dev = self._device()
         net = self._new_net(data, perturbation).to(dev)
         if self._amp():
             net = net.to(memory_format=torch.channels_last)
+        if key in self._run["done"]:  # trained before an interruption
+            net.load_state_dict(self._run["done"][key])
+            return net.eval()
         x_all, y_all = data.tensors(dev)
         steps_per_epoch = len(data) // self.batch_size  # official: drop_last=True
         total = self.epochs * steps_per_epoch
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
         weight = official_kld_weight(limit) if self.kld_weight is None else self.kld_weight
+        first_epoch, first_step, perm, sums = 0, 0, None, np.zeros(3)
+        cur = self._run["current"]
+        if cur is not None and cur["key"] == key:
+            net.load_state_dict(cur["net"])
+            opt.load_state_dict(cur["opt"])
+            sched.load_state_dict(cur["sched"])
+            set_rng_state(cur["rng"], gen)
+            first_epoch, first_step, sums = cur["epoch"], cur["step"], cur["sums"]
+            perm = None if cur["perm"] is None else cur["perm"].to(dev)
+
+        def save(epoch: int, step: int) -> None:
+            self._run["current"] = {"key": key, "epoch": epoch, "step": step, "sums": sums.copy(),
+                                    "perm": None if perm is None else perm.cpu(), "rng": rng_state(gen),
+                                    "net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+            self.save_state(self._run)
+
         net.train()
-        t0 = time.perf_counter()
+        t0 = saved = time.perf_counter()
         with progress.task(desc, total=total) as advance:
-            for epoch in range(self.epochs):
-                perm = torch.randperm(len(data), generator=gen).to(dev)
-                sums = np.zeros(3)
-                for i in range(steps_per_epoch):
+            advance(first_epoch * steps_per_epoch + first_step)
+            for epoch in range(first_epoch, self.epochs):
+                if perm is None:
+                    perm = torch.randperm(len(data), generator=gen).to(dev)
+                for i in range(first_step, steps_per_epoch):
                     idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
                     loss, parts = self._loss(net, x_all[idx], y_all[idx], limit, weight, epoch)
                     opt.zero_grad(set_to_none=True)
@@ -283,8 +315,20 @@ class RateConstrainedVAE(Purifier):
                     sched.step()
                     sums += parts
                     advance(1)
+                    due = time.perf_counter() - saved >= self.save_every_s
+                    if self.checkpoint and due and i + 1 < steps_per_epoch:
+                        save(epoch, i + 1)
+                        saved = time.perf_counter()
                 log.info("%s epoch %d/%d: rec %.5f, kld %.3f, p2 %.5f (%.1f s)", desc, epoch + 1, self.epochs,
                          *(sums / steps_per_epoch), time.perf_counter() - t0)
+                first_step, perm, sums = 0, None, np.zeros(3)
+                if self.checkpoint and epoch + 1 < self.epochs:
+                    save(epoch + 1, 0)
+                    saved = time.perf_counter()
+        if self.checkpoint:
+            self._run["done"][key] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            self._run["current"] = None
+            self.save_state(self._run)
         return net.eval()
 
     def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int):
@@ -316,9 +360,8 @@ class RateConstrainedVAE(Purifier):
         return torch.Generator(device=self._device()).manual_seed(self.seed + 7919 * offset)
 
     def fit(self, data: ImageSet) -> "RateConstrainedVAE":
-        self._check_data(data)
-        self.net_ = self._train(data, self.kld_limit, False, self.seed, "VAE")
-        self._remember(data)
+        self._start(data)
+        self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
         return self
 
     def _remember(self, data: ImageSet) -> None:
@@ -453,17 +496,16 @@ class DVAE(RateConstrainedVAE):
         return loss, np.array([rec.item(), kld.item(), p2.item()])
 
     def fit(self, data: ImageSet) -> "DVAE":
-        self._check_data(data)
-        self._remember(data)
+        self._start(data)
         if "s1" not in self.skips:
-            self.stage1_ = self._train(data, self.kld_1, True, self.seed, "D-VAE stage 1")
+            self.stage1_ = self._train(data, self.kld_1, True, self.seed, "stage1", "D-VAE stage 1")
         if "s2" not in self.skips:
             x1 = data
             if "s1" not in self.skips:
                 x1_arr, p1 = self._stage1(data.x, data.y)
                 self._fit_cache = (data.x, data.y, x1_arr, p1)  # fit_transform on the same set reuses stage 1
                 x1 = data.replace(x=x1_arr)
-            self.stage2_ = self._train(x1, self.kld_2, True, self.seed + 1, "D-VAE stage 2")
+            self.stage2_ = self._train(x1, self.kld_2, True, self.seed + 1, "stage2", "D-VAE stage 2")
         return self
 
     def _stage1(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -98,16 +98,33 @@ class _BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+class _ConvTranspose2d(nn.ConvTranspose2d):
+    """A stride-1 ``nn.ConvTranspose2d`` (same parameters, same function) whose forward runs, outside autograd, as
+    the equivalent convolution: kernel flipped, in/out channels swapped, padding ``k - 1 - p``. On CPU the
+    transposed path is 2-4.5x slower for these small channel counts, which made inference ~30% slower
+    (BENCHMARKS.md, D-VAE session 10); training keeps the standard op (no gain measured there)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, padding: int) -> None:
+        assert stride == 1, "only stride 1 has the plain-convolution equivalent used here"
+        super().__init__(c_in, c_out, kernel_size, stride, padding)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() or output_size is not None:
+            return super().forward(x, output_size)
+        pad = tuple(k - 1 - p for k, p in zip(self.kernel_size, self.padding))
+        return F.conv2d(x, self.weight.flip(2, 3).transpose(0, 1), self.bias, padding=pad)
+
+
 def _decoder(c: int, out_channels: int, levels: int, sigmoid: bool) -> nn.Sequential:
     """Official decoder for stem 7: per level ConvT(4, 2, 1) up-sampling, ConvT(3), IN, ReLU; then ConvT(3), IN,
     ReLU, ConvT(3) to the image channels (+ sigmoid for the image decoder, none for the perturbation decoder)."""
     layers: list[nn.Module] = []
     for _ in range(levels):
-        layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.ConvTranspose2d(c // 2, c // 2, 3, 1, 1),
+        layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), _ConvTranspose2d(c // 2, c // 2, 3, 1, 1),
                    nn.InstanceNorm2d(c // 2), nn.ReLU()]
         c //= 2
-    layers += [nn.ConvTranspose2d(c, c // 2, 3, 1, 1), nn.InstanceNorm2d(c // 2), nn.ReLU(),
-               nn.ConvTranspose2d(c // 2, out_channels, 3, 1, 1)]
+    layers += [_ConvTranspose2d(c, c // 2, 3, 1, 1), nn.InstanceNorm2d(c // 2), nn.ReLU(),
+               _ConvTranspose2d(c // 2, out_channels, 3, 1, 1)]
     if sigmoid:
         layers.append(nn.Sigmoid())
     return nn.Sequential(*layers)
@@ -126,7 +143,8 @@ class DVAENet(nn.Module):
     """ResNet-18-stem VAE with an optional perturbation decoder and class embedding (official ``ResNetDVAE``).
 
     ``forward(x, y)`` returns ``(x_hat, mu, logvar, p_hat)`` with ``p_hat = None`` when ``perturbation=False``
-    (the plain rate-constrained VAE, official ``ResNetVAE``).
+    (the plain rate-constrained VAE, official ``ResNetVAE``); ``decode`` ("x", "p" or "xp") runs only the decoders
+    the caller needs (the other output is None; ``z`` is sampled the same way).
     """
 
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 64,
@@ -155,16 +173,16 @@ class DVAENet(nn.Module):
             self.emb = nn.Embedding(num_classes, int(np.prod(self.feature_shape)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, gen: torch.Generator | None = None,
-                sample: bool = True):
+                sample: bool = True, decode: str = "xp"):
         feat = self.stem(x)
         mu, logvar = self.fc_mu(feat), self.fc_var(feat)
         z = mu
         if sample:
             z = mu + torch.randn(mu.shape, generator=gen, device=mu.device) * torch.exp(0.5 * logvar)
         z = self.post_conv(z)
-        x_hat = self.decoder(z)
+        x_hat = self.decoder(z) if "x" in decode else None
         p_hat = None
-        if self.perturbation:
+        if self.perturbation and "p" in decode:
             p_hat = self.decoder_p(z + self.emb(y).view(-1, *self.feature_shape))
         return x_hat, mu, logvar, p_hat
 
@@ -238,13 +256,13 @@ class RateConstrainedVAE(Purifier):
         return fast_bf16(self._device()) if self.amp is None else self.amp
 
     def _forward(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
-                 sample: bool = True):
+                 sample: bool = True, decode: str = "xp"):
         """``net(x, y)`` under bf16 autocast and channels_last when ``amp``; outputs back in float32."""
         amp = self._amp()
         if amp:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = net(x, y, gen, sample)
+            out = net(x, y, gen, sample, decode)
         return tuple(None if t is None else t.float() for t in out)
 
     def _new_net(self, data: ImageSet, perturbation: bool) -> DVAENet:
@@ -338,10 +356,11 @@ class RateConstrainedVAE(Purifier):
         return rec + weight * rate_term(kld, limit), np.array([rec.item(), kld.item(), 0.0])
 
     @torch.no_grad()
-    def _infer(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
-        """``(x_hat, p_hat)`` of one batch of float images (eval mode; z sampled when ``sample``)."""
-        x_hat, _, _, p = self._forward(net, x, y, gen, self.sample)
-        return x_hat, (p if p is not None else torch.zeros_like(x_hat))
+    def _infer(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, decode: str = "xp"):
+        """``(x_hat, p_hat)`` of one batch of float images (eval mode; z sampled when ``sample``); only what
+        ``decode`` asks for is computed, the other is None."""
+        x_hat, _, _, p = self._forward(net, x, y, gen, self.sample, decode)
+        return x_hat, p
 
     def _batches(self, x: np.ndarray, y: np.ndarray):
         """``(slice, float images, labels)`` of ``purify_batch`` uint8 images at a time on the device.
@@ -380,7 +399,7 @@ class RateConstrainedVAE(Purifier):
         self._check_fitted(x, y)
         out, gen = np.empty(x.shape, np.uint8), self._gen()
         for s, xb, yb in self._batches(x, y):
-            out[s] = _to_uint8(self._infer(self.net_, xb, yb, gen)[0])
+            out[s] = _to_uint8(self._infer(self.net_, xb, yb, gen, "x")[0])
         return out
 
     # -------------------------------------------------------------------------------------------- persistence
@@ -512,7 +531,7 @@ class DVAE(RateConstrainedVAE):
         """``(x1 as uint8, p_hat_1 as float32)`` of uint8 images."""
         x1, p1, gen = np.empty(x.shape, np.uint8), np.empty(x.shape, np.float32), self._gen(1)
         for s, xb, yb in self._batches(x, y):
-            _, p = self._infer(self.stage1_, xb, yb, gen)
+            _, p = self._infer(self.stage1_, xb, yb, gen, "p")
             x1[s], p1[s] = _to_uint8(xb - p), p.cpu().numpy()
         return x1, p1
 
@@ -533,14 +552,14 @@ class DVAE(RateConstrainedVAE):
             self.perturbation_ = np.empty(x.shape, np.float32)
         g2, g3 = self._gen(2), self._gen(3)
         for s, xb, yb in self._batches(x, y):  # stage 2 and the final reconstruction, batch by batch
-            _, p2 = self._infer(self.stage2_, xb, yb, g2)
+            _, p2 = self._infer(self.stage2_, xb, yb, g2, "p")
             if not s1:
                 self.perturbation_[s] = p2.cpu().numpy()
             x2 = xb if "i2" in self.skips else _quantise(xb - p2).div_(255)
             if "i3" in self.skips:
                 out[s] = _to_uint8(x2)
             else:
-                out[s] = _to_uint8(self._infer(self.stage2_, x2, yb, g3)[0])
+                out[s] = _to_uint8(self._infer(self.stage2_, x2, yb, g3, "x")[0])
         return out
 
     def estimate_perturbation(self, x: np.ndarray, y: np.ndarray, stage: int | None = None) -> np.ndarray:

@@ -61,3 +61,14 @@ def test_label_flip_hurts_but_leaves_the_majority_label(small_train, small_test,
     acc = train(flipped, small_test, "cnn", victim_cfg).test_acc
     assert acc < clean_acc  # 60% of the labels are wrong...
     assert acc >= 0.5  # ...but the true class still holds the plurality of each image's labels
+
+
+def test_flush_denormals_is_scoped():
+    from unlearnable.training import flush_denormals
+
+    tiny = torch.tensor([1e-38])
+    with flush_denormals():
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush subnormals")
+        assert (tiny / 100).item() == 0.0  # a subnormal result is flushed inside...
+    assert (tiny / 100).item() > 0  # ...and representable again after the block

@@ -53,7 +53,7 @@ from ..data import ImageSet
 from ..errors import UnlearnableError
 from ..params import check
 from ..resume import rng_state, set_rng_state
-from ..training import fast_bf16, resolve_device, seed_everything
+from ..training import fast_bf16, flush_denormals, resolve_device, seed_everything
 from .base import Purifier
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,9 @@ class RateConstrainedVAE(Purifier):
         if key in self._run["done"]:  # trained before an interruption
             net.load_state_dict(self._run["done"][key])
             return net.eval()
-        x_all, y_all = data.tensors(dev)
+        # the set stays uint8 (a quarter of a float copy: 141 MB less on full Fashion-MNIST); batches become floats
+        x_all = torch.from_numpy(np.require(data.x, requirements=["C", "W"])).to(dev)
+        y_all = torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(dev)
         steps_per_epoch = len(data) // self.batch_size  # official: drop_last=True
         total = self.epochs * steps_per_epoch
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
@@ -318,14 +320,14 @@ class RateConstrainedVAE(Purifier):
 
         net.train()
         t0 = saved = time.perf_counter()
-        with progress.task(desc, total=total) as advance:
+        with progress.task(desc, total=total) as advance, flush_denormals():
             advance(first_epoch * steps_per_epoch + first_step)
             for epoch in range(first_epoch, self.epochs):
                 if perm is None:
                     perm = torch.randperm(len(data), generator=gen).to(dev)
                 for i in range(first_step, steps_per_epoch):
                     idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
-                    loss, parts = self._loss(net, x_all[idx], y_all[idx], limit, weight, epoch)
+                    loss, parts = self._loss(net, x_all[idx].float().div_(255), y_all[idx], limit, weight, epoch)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)

@@ -1,6 +1,7 @@
 """Shared fixtures: real Fashion-MNIST subsets, loaded once per session, and a fast victim recipe."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -49,3 +50,28 @@ def clean_acc(small_train, small_test, victim_cfg):
     from unlearnable.training import train
 
     return train(small_train, small_test, "cnn", victim_cfg).test_acc
+
+
+@pytest.fixture
+def interrupt(monkeypatch):
+    """``with interrupt(Cls, "method", n): job()`` - a crash (KeyboardInterrupt) on the n-th call of ``Cls.method``,
+    which the block must raise; the method is restored after it. For the resume tests of the long jobs."""
+
+    @contextlib.contextmanager
+    def crash_on_call(owner, name: str, n: int):
+        calls, original = [], getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(owner, name, original)
+
+    return crash_on_call

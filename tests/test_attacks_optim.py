@@ -72,7 +72,7 @@ def test_classwise_em_has_one_perturbation_per_class(poisoned, data):
         assert all(np.array_equal(m[i], ref[i]) for m, i in zip(members, inside & inside[0:1]))
 
 
-def test_em_resumes_from_checkpoint(tmp_path, data, monkeypatch):
+def test_em_resumes_from_checkpoint(tmp_path, data, interrupt):
     from unlearnable.attacks.em import EM
 
     sub = data.take(300, seed=1)
@@ -80,18 +80,8 @@ def test_em_resumes_from_checkpoint(tmp_path, data, monkeypatch):
     full = create_attack("em", **opts).poison(sub)
     crashed = create_attack("em", **opts)
     crashed.checkpoint = str(tmp_path / "state.pt")
-    calls, sweep = [], EM._sweep
-
-    def crash_in_round_3(self, *args):
-        calls.append(1)
-        if len(calls) == 3:  # after the state saved at the end of round 2
-            raise KeyboardInterrupt
-        return sweep(self, *args)
-
-    monkeypatch.setattr(EM, "_sweep", crash_in_round_3)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt(EM, "_sweep", 3):  # in round 3, after the state saved at the end of round 2
         crashed.poison(sub)
-    monkeypatch.setattr(EM, "_sweep", sweep)
     other = create_attack("em", **{**opts, "max_rounds": 4})
     other.checkpoint = crashed.checkpoint
     other.bind_state(sub)
@@ -106,7 +96,7 @@ def test_em_resumes_from_checkpoint(tmp_path, data, monkeypatch):
     assert not (tmp_path / "state.pt").exists()
 
 
-def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
+def test_rem_resumes_where_it_was_interrupted(tmp_path, data, interrupt):
     from unlearnable.attacks.rem import REM
 
     sub = data.take(200, seed=1)
@@ -114,18 +104,8 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
     full = create_attack("rem", **opts).poison(sub)
     crashed = create_attack("rem", **opts)
     crashed.checkpoint = str(tmp_path / "state.pt")
-    calls, noise = [], REM._noise
-
-    def crash_on_fourth_batch(self, *args):
-        calls.append(1)
-        if len(calls) == 4:  # after the state saved at step 2
-            raise KeyboardInterrupt
-        return noise(self, *args)
-
-    monkeypatch.setattr(REM, "_noise", crash_on_fourth_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt(REM, "_noise", 4):  # after the state saved at step 2
         crashed.poison(sub)
-    monkeypatch.setattr(REM, "_noise", noise)
     resumed = create_attack("rem", **opts)
     resumed.checkpoint = crashed.checkpoint
     resumed.bind_state(sub)
@@ -134,7 +114,7 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["tap", "sep"])
-def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, monkeypatch):
+def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, interrupt):
     from unlearnable.pgd import PGD
 
     sub = data.take(128, seed=1)
@@ -143,18 +123,8 @@ def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, 
     full = create_attack(name, **opts).poison(sub)  # also caches the surrogate, as the crashed run would have
     crashed = create_attack(name, **opts)
     crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every batch
-    calls, run = [], PGD.run
-
-    def crash_on_third_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(PGD, "run", crash_on_third_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt(PGD, "run", 3):
         crashed.poison(sub)
-    monkeypatch.setattr(PGD, "run", run)
     resumed = create_attack(name, **opts)
     resumed.checkpoint = crashed.checkpoint
     resumed.bind_state(sub)

@@ -82,7 +82,7 @@ def test_poison_info_train_export_purify(tmp_path):
     assert json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["method"] == "bdr"
 
 
-def test_interrupted_purify_resumes(tmp_path, monkeypatch):
+def test_interrupted_purify_resumes(tmp_path, interrupt):
     from unlearnable.data import load_set
     from unlearnable.defenses.dvae import DVAE
 
@@ -92,16 +92,7 @@ def test_interrupted_purify_resumes(tmp_path, monkeypatch):
     expected = DVAE(**opts).fit(data).transform(data).x
     crashed = DVAE(**opts)
     crashed.checkpoint, crashed.save_every_s = str(tmp_path / ".pur.state.pt"), 0.0  # where the CLI keeps it
-    calls, loss = [], DVAE._loss
-
-    def crash(self, *args):
-        calls.append(1)
-        if len(calls) == 11:  # inside stage 2
-            raise KeyboardInterrupt
-        return loss(self, *args)
-
-    monkeypatch.setattr(DVAE, "_loss", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt(DVAE, "_loss", 11):  # inside stage 2
         crashed.fit(data)
     sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
     p = run("purify", "--defense", "dvae", "--data", str(out), "--out", str(tmp_path / "pur"), *sets, check_rc=0)

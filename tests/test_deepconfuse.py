@@ -80,7 +80,8 @@ def test_deterministic_under_seed(tiny, tiny_set):
 
 # steps 0-1 are trial 1, 2-3 trial 2: crash inside trial 1, between the trials, inside trial 2
 @pytest.mark.parametrize("crash_at_step", [1, 2, 3])
-def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash_at_step):
+def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, interrupt,
+                                                             crash_at_step):
     # every trial scores better than the one before, so the kept generator is the last one: it depends on every
     # step of both trials (the scoring victims are covered by the other tests)
     monkeypatch.setattr(DeepConfuse, "_score", lambda self, g, d, t, h, trial: {"clean_acc": 1 / (trial + 2),
@@ -88,18 +89,8 @@ def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, m
     expected = DeepConfuse(**TINY).poison(tiny_set)
     crashed = DeepConfuse(**TINY)
     crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every step
-    calls, step = [], DeepConfuse._step
-
-    def crash(self, *args):
-        calls.append(1)
-        if len(calls) == crash_at_step + 1:
-            raise KeyboardInterrupt
-        return step(self, *args)
-
-    monkeypatch.setattr(DeepConfuse, "_step", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt(DeepConfuse, "_step", crash_at_step + 1):
         crashed.poison(tiny_set)
-    monkeypatch.setattr(DeepConfuse, "_step", step)
     resumed = DeepConfuse(**TINY)
     resumed.checkpoint = crashed.checkpoint
     resumed.bind_state(tiny_set)

@@ -70,7 +70,8 @@ shared, busy machine a training step took 2-3 s (OpenMP threads waiting on each 
 13.5 s per pass), so prefer 1 thread (OMP_NUM_THREADS=1) when the cores are
 shared. On that run (class-wise noise 64/255 on all 60,000 images) the default victim went from 11.4% (poisoned)
 to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS;
-class-wise EM 30.7% -> 88.2% against 92.1% clean. The preset is sized for 60,000 grey images (468 steps a stage):
+class-wise EM 30.7% -> 88.2% against 92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min
+for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10). The preset is sized for 60,000 grey images (468 steps a stage):
 on 20,000 colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%),
 so give colour data many more epochs and width. Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
 stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE

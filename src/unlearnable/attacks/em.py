@@ -10,8 +10,8 @@ import torch
 from .. import progress
 from ..data import ImageSet
 from ..params import check, check_choice
-from ..resume import rng_state, set_rng_state
 from ..pgd import PGD, cross_entropy_loss
+from ..resume import rng_state, set_rng_state
 from ..training import TrainConfig, Trainer, predict, resolve_device, seed_everything
 from .base import Attack
 from .surrogate import check_surrogate, frozen, make_surrogate

@@ -101,6 +101,35 @@ def test_interrupted_purify_resumes(tmp_path, interrupt):
     assert not (tmp_path / ".pur.state.pt").exists()  # resumed from it, and cleared once the set was saved
 
 
+@pytest.mark.parametrize("command", ["detect", "dvae-check"])
+def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path, interrupt):
+    """The two commands with no --out keep the D-VAE's training state in the cache, keyed by the data."""
+    from unlearnable.data import cache_dir, load
+    from unlearnable.defenses.dvae import DVAE
+    from unlearnable.detect import detect
+
+    out = tmp_path / "p"
+    run("poison", "--attack", "random-noise", "--subset", "256", "--set", "mode=class", "--out", str(out),
+        check_rc=0)
+    (data, _), opts = load(str(out)), {"width": 4, "epochs": 3, "batch_size": 64}
+    state = cache_dir() / "state" / f"{command}-{data.fingerprint()}.pt"
+    crashed = DVAE(**opts, skip="s2", preset="fast")  # what both commands fit: stage 1, fast preset
+    crashed.checkpoint, crashed.save_every_s = str(state), 0.0
+    with interrupt(DVAE, "_loss", 7):  # in the second epoch
+        crashed.fit(data)
+    assert state.is_file()
+    sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
+    p = run(command, "--data", str(out), *sets, *(["--json"] if command == "detect" else []), check_rc=0)
+    assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
+    if command == "detect":  # the scores of a run never interrupted: the same Otsu split and flags
+        expected = detect(data, "dvae", **opts)
+        assert json.loads(p.stdout)["threshold"] == expected.threshold
+    else:
+        p_hat = DVAE(**opts, skip="s2").fit(data).estimate_perturbation(data.x, data.y)
+        assert f"p_hat rms {np.sqrt(np.mean(p_hat.astype(np.float64) ** 2)):.4f}" in p.stdout
+    assert not state.exists()  # cleared once the D-VAE's part was done
+
+
 def test_tampered_set_is_refused(tmp_path):
     out = tmp_path / "p"
     run("poison", "--attack", "random-noise", "--subset", "100", "--out", str(out), check_rc=0)

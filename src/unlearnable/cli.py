@@ -85,7 +85,7 @@ def poison(
     if subset:
         train = train.take(subset, seed=seed)
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
-    _resumable(atk, out)
+    _resumable(atk, _state_next_to(out))
     poisoned = atk.poison(train)
     files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
@@ -114,7 +114,7 @@ def purify(
 
     train, _ = load(data)
     _say(f"purifying {len(train)} images with {defense} ...")
-    _resumable(pur, out)
+    _resumable(pur, _state_next_to(out))
     purified = pur.fit(train).transform(train)
     save_set(purified, out, overwrite=overwrite)
     pur.clear_state()
@@ -262,14 +262,17 @@ def detect(
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite)
     train, _ = load(data)
-    result = run_detect(train, method=method, **options)
+    state = _state_in_cache("detect", train) if method == "dvae" else None
+    result = run_detect(train, method=method, checkpoint=state, **options)
     changed = train.provenance.get("changed")
     summary = result.summary(changed)
     if defense is not None:
         from .data import save_set
         from .detect import purify_flagged
 
+        _resumable(defense, _state_next_to(out))
         save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
+        defense.clear_state()
         summary["purified"] = str(out)
     if json_:
         typer.echo(json.dumps(summary))
@@ -294,16 +297,34 @@ def dvae_check(
     options = parse_sets(set_)
     options.setdefault("preset", "fast")
     train, test = load(data)
-    res = check(train, test, **options)
+    res = check(train, test, checkpoint=_state_in_cache("dvae-check", train), **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat rms {res['p_rms']:.4f})")
 
 
-def _resumable(job, out: Path) -> None:
-    """Keep ``job``'s state next to ``out``, so that an interrupted run continues where it stopped."""
-    job.checkpoint = str(out.parent / f".{out.name}.state.pt")
-    if Path(job.checkpoint).is_file():
-        _say(f"found {job.checkpoint} from an interrupted run: resuming it (if it had the same parameters and data)")
+def _resumable(job, state: str) -> None:
+    """Keep ``job``'s state in the file ``state``, so that an interrupted run continues where it stopped."""
+    job.checkpoint = state
+    _announce(state)
+
+
+def _state_next_to(out: Path) -> str:
+    """Where a command that writes ``out`` keeps its state: a hidden sibling, ``.NAME.state.pt``."""
+    return str(out.parent / f".{out.name}.state.pt")
+
+
+def _state_in_cache(command: str, data) -> str:
+    """Where a command with no ``--out`` keeps its state: the cache, keyed by the data's fingerprint."""
+    from .data import cache_dir
+
+    state = str(cache_dir() / "state" / f"{command}-{data.fingerprint()}.pt")
+    _announce(state)
+    return state
+
+
+def _announce(state: str) -> None:
+    if Path(state).is_file():
+        _say(f"found {state} from an interrupted run: resuming it (if it had the same parameters and data)")
 
 
 def _say(message: str) -> None:

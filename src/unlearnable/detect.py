@@ -59,7 +59,8 @@ class Detection:
 DVAE_SCORES = ("residual", "p_norm")
 
 
-def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", **options: Any) -> np.ndarray:
+def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", checkpoint: str | None = None,
+                **options: Any) -> np.ndarray:
     """Per-sample scores from the stage-1 D-VAE (higher = more likely poisoned).
 
     ``score="residual"`` (default): ``||x - clamp(x_hat + p_hat)||_2``, the part of a sample that neither the
@@ -71,7 +72,8 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", **opt
     does not single out the poisoned half. Norms are on the [0, 1] scale.
 
     ``dvae``: an already fitted :class:`~unlearnable.defenses.dvae.DVAE`; otherwise one is fitted on ``data`` with
-    ``options`` (e.g. ``preset="fast"``; ``skip="s2"`` by default since only stage 1 is needed).
+    ``options`` (e.g. ``preset="fast"``; ``skip="s2"`` by default since only stage 1 is needed). ``checkpoint``: a
+    file where that fit keeps its training state, so an interrupted run continues (removed once the scores exist).
     """
     from .defenses.dvae import DVAE
     from .params import build
@@ -80,8 +82,12 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", **opt
         raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
     if dvae is None:
         options.setdefault("skip", "s2")
-        dvae = build(DVAE, "defense 'dvae'", options).fit(data)
+        dvae = build(DVAE, "defense 'dvae'", options)
+        dvae.checkpoint = checkpoint
+        dvae.fit(data)
     x_hat, p = dvae.decompose(data.x, data.y)
+    if checkpoint:
+        dvae.clear_state()
     if score == "residual":
         p = data.x.astype(np.float32) / 255 - np.clip(x_hat + p, 0, 1)
     return np.sqrt((p.reshape(len(p), -1).astype(np.float64) ** 2).sum(1))
@@ -135,14 +141,19 @@ def flag(scores: np.ndarray, threshold: float | None = None) -> Detection:
     return Detection(scores, t, np.flatnonzero(scores > t))
 
 
-def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None, **options: Any) -> Detection:
-    """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`) or
-    ``"simple"`` (``options`` go to :func:`simple_scores`)."""
+def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None, checkpoint: str | None = None,
+           **options: Any) -> Detection:
+    """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`; its training
+    resumes from ``checkpoint``, see :func:`dvae_scores`) or ``"simple"`` (``options`` go to :func:`simple_scores`,
+    which trains for seconds and keeps no state)."""
     if method not in DETECTORS:
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:
         raise UnlearnableError("cannot detect poisons in an empty set")
-    scores = dvae_scores(data, **options) if method == "dvae" else simple_scores(data, **options)
+    if method == "dvae":
+        scores = dvae_scores(data, checkpoint=checkpoint, **options)
+    else:
+        scores = simple_scores(data, **options)
     result = flag(scores, threshold)
     result.method, result.params = method, dict(options)
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),

@@ -1,7 +1,6 @@
 """Shared fixtures: real Fashion-MNIST subsets, loaded once per session, and a fast victim recipe."""
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 
@@ -38,10 +37,11 @@ def small_test(fmnist):
 
 @pytest.fixture(scope="session")
 def victim_cfg():
-    """The default recipe, longer because the subset is small: ~83% clean on 4,000 images in a few seconds."""
+    """The default recipe, longer because the subset is small: ~83% clean on 4,000 images in a few seconds. The
+    effect tests read the final accuracy only, so the test split is evaluated once, after the last epoch."""
     from unlearnable.training import TrainConfig
 
-    return TrainConfig(epochs=8, batch_size=128, seed=0)
+    return TrainConfig(epochs=8, batch_size=128, seed=0, eval_every=8)
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +53,15 @@ def clean_acc(small_train, small_test, victim_cfg):
 
 
 @pytest.fixture
-def interrupt(monkeypatch):
-    """``with interrupt(Cls, "method", n): job()`` - a crash (KeyboardInterrupt) on the n-th call of ``Cls.method``,
-    which the block must raise; the method is restored after it. For the resume tests of the long jobs."""
+def crash(monkeypatch):
+    """For the resume tests of the long jobs: ``resumed = crash(make, "poison", data, state, (Cls, "method", n))``
+    builds a job with ``make()``, runs ``job.poison(data)`` (or ``"fit"``) keeping its state in the file ``state``
+    until the n-th call of ``Cls.method`` raises KeyboardInterrupt (which must happen), and returns a fresh
+    ``make()`` set to resume from that state, bound to ``data``. ``every``: the crashed job's save interval inside a
+    pass (0: at every chance; None: its own default)."""
 
-    @contextlib.contextmanager
-    def crash_on_call(owner, name: str, n: int):
+    def crash_then_resume(make, run: str, data, state, at, every: float | None = 0.0):
+        owner, name, n = at
         calls, original = [], getattr(owner, name)
 
         def wrapper(*args, **kwargs):
@@ -67,11 +70,19 @@ def interrupt(monkeypatch):
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
 
+        crashed = make()
+        crashed.checkpoint = str(state)
+        if every is not None:
+            crashed.save_every_s = every
         monkeypatch.setattr(owner, name, wrapper)
         try:
             with pytest.raises(KeyboardInterrupt):
-                yield
+                getattr(crashed, run)(data)
         finally:
             monkeypatch.setattr(owner, name, original)
+        resumed = make()
+        resumed.checkpoint = str(state)
+        resumed.bind_state(data)
+        return resumed
 
-    return crash_on_call
+    return crash_then_resume

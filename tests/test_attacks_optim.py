@@ -5,6 +5,8 @@ figures at 8, 16 and 32/255 are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -72,22 +74,19 @@ def test_classwise_em_has_one_perturbation_per_class(poisoned, data):
         assert all(np.array_equal(m[i], ref[i]) for m, i in zip(members, inside & inside[0:1]))
 
 
-def test_em_resumes_from_checkpoint(tmp_path, data, interrupt):
+def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     from unlearnable.attacks.em import EM
 
     sub = data.take(300, seed=1)
     opts = dict(eps=EPS, mode="sample", steps=2, max_rounds=3, seed=4, stop_error=0.0)
     full = create_attack("em", **opts).poison(sub)
-    crashed = create_attack("em", **opts)
-    crashed.checkpoint = str(tmp_path / "state.pt")
-    with interrupt(EM, "_sweep", 3):  # in round 3, after the state saved at the end of round 2
-        crashed.poison(sub)
+    # crash in round 3, after the state saved at the end of round 2
+    resumed = crash(partial(create_attack, "em", **opts), "poison", sub, tmp_path / "state.pt", (EM, "_sweep", 3),
+                    every=None)
     other = create_attack("em", **{**opts, "max_rounds": 4})
-    other.checkpoint = crashed.checkpoint
+    other.checkpoint = resumed.checkpoint
     other.bind_state(sub)
     assert other.load_state() is None  # other parameters -> not reused...
-    resumed = create_attack("em", **opts)
-    resumed.checkpoint = crashed.checkpoint
     resumed.bind_state(data.take(300, seed=2))
     assert resumed.load_state() is None  # ...other data -> not reused either...
     resumed.bind_state(sub)
@@ -96,38 +95,29 @@ def test_em_resumes_from_checkpoint(tmp_path, data, interrupt):
     assert not (tmp_path / "state.pt").exists()
 
 
-def test_rem_resumes_where_it_was_interrupted(tmp_path, data, interrupt):
+def test_rem_resumes_where_it_was_interrupted(tmp_path, data, crash):
     from unlearnable.attacks.rem import REM
 
     sub = data.take(200, seed=1)
     opts = dict(eps=EPS, train_steps=4, model_checkpoint_every=2, steps=2, eot=1, adv_steps=1, batch_size=64, seed=3)
     full = create_attack("rem", **opts).poison(sub)
-    crashed = create_attack("rem", **opts)
-    crashed.checkpoint = str(tmp_path / "state.pt")
-    with interrupt(REM, "_noise", 4):  # after the state saved at step 2
-        crashed.poison(sub)
-    resumed = create_attack("rem", **opts)
-    resumed.checkpoint = crashed.checkpoint
-    resumed.bind_state(sub)
+    # crash after the state saved at step 2
+    resumed = crash(partial(create_attack, "rem", **opts), "poison", sub, tmp_path / "state.pt",
+                    (REM, "_noise", 4), every=None)
     assert resumed.load_state()["step"] == 2
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
 
 
 @pytest.mark.parametrize("name", ["tap", "sep"])
-def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, interrupt):
+def test_targeted_pass_resumes_after_the_last_saved_batch(name, tmp_path, data, crash):
     from unlearnable.pgd import PGD
 
     sub = data.take(128, seed=1)
     one_run_per_batch = {"checkpoints": 2} if name == "sep" else {"restarts": 1}
     opts = dict(eps=EPS, steps=2, surrogate_epochs=2, batch_size=32, seed=3, **one_run_per_batch)
     full = create_attack(name, **opts).poison(sub)  # also caches the surrogate, as the crashed run would have
-    crashed = create_attack(name, **opts)
-    crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every batch
-    with interrupt(PGD, "run", 3):
-        crashed.poison(sub)
-    resumed = create_attack(name, **opts)
-    resumed.checkpoint = crashed.checkpoint
-    resumed.bind_state(sub)
+    # the state is saved after every batch; crash in the third
+    resumed = crash(partial(create_attack, name, **opts), "poison", sub, tmp_path / "state.pt", (PGD, "run", 3))
     assert resumed.load_state()["done"] == 64  # two batches of 32 finished before the crash
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -82,7 +83,7 @@ def test_poison_info_train_export_purify(tmp_path):
     assert json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["method"] == "bdr"
 
 
-def test_interrupted_purify_resumes(tmp_path, interrupt):
+def test_interrupted_purify_resumes(tmp_path, crash):
     from unlearnable.data import load_set
     from unlearnable.defenses.dvae import DVAE
 
@@ -90,10 +91,8 @@ def test_interrupted_purify_resumes(tmp_path, interrupt):
     run("poison", "--attack", "random-noise", "--subset", "256", "--out", str(out), check_rc=0)
     data, opts = load_set(out), {"width": 4, "epochs": 2, "batch_size": 64}
     expected = DVAE(**opts).fit(data).transform(data).x
-    crashed = DVAE(**opts)
-    crashed.checkpoint, crashed.save_every_s = str(tmp_path / ".pur.state.pt"), 0.0  # where the CLI keeps it
-    with interrupt(DVAE, "_loss", 11):  # inside stage 2
-        crashed.fit(data)
+    crash(partial(DVAE, **opts), "fit", data, tmp_path / ".pur.state.pt", (DVAE, "_loss", 11))  # in stage 2;
+    # the state is where the CLI keeps it
     sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
     p = run("purify", "--defense", "dvae", "--data", str(out), "--out", str(tmp_path / "pur"), *sets, check_rc=0)
     assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
@@ -102,7 +101,7 @@ def test_interrupted_purify_resumes(tmp_path, interrupt):
 
 
 @pytest.mark.parametrize("command", ["detect", "dvae-check"])
-def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path, interrupt):
+def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path, crash):
     """The two commands with no --out keep the D-VAE's training state in the cache, keyed by the data."""
     from unlearnable.data import cache_dir, load
     from unlearnable.defenses.dvae import DVAE
@@ -113,10 +112,8 @@ def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path
         check_rc=0)
     (data, _), opts = load(str(out)), {"width": 4, "epochs": 3, "batch_size": 64}
     state = cache_dir() / "state" / f"{command}-{data.fingerprint()}.pt"
-    crashed = DVAE(**opts, skip="s2", preset="fast")  # what both commands fit: stage 1, fast preset
-    crashed.checkpoint, crashed.save_every_s = str(state), 0.0
-    with interrupt(DVAE, "_loss", 7):  # in the second epoch
-        crashed.fit(data)
+    # what both commands fit: stage 1 with the fast preset; crash in its second epoch
+    crash(partial(DVAE, **opts, skip="s2", preset="fast"), "fit", data, state, (DVAE, "_loss", 7))
     assert state.is_file()
     sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
     p = run(command, "--data", str(out), *sets, *(["--json"] if command == "detect" else []), check_rc=0)

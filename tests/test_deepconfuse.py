@@ -1,6 +1,7 @@
 """DeepConfuse: contracts (budget, dtype, shape, determinism, errors), generator save/load, and effect on real data."""
 from __future__ import annotations
 
+from functools import partial
 from operator import itemgetter
 
 import numpy as np
@@ -16,9 +17,10 @@ from unlearnable.training import train
 #: A few seconds of crafting: enough to exercise every code path, not to confuse anyone.
 TINY = {**DeepConfuse.presets["smoke"], "eps": 0.3, "seed": 3}
 
-#: The effect test's budget (~30 s on one core): the fast preset's settings on a 4,000-image subset.
-EFFECT = {**DeepConfuse.presets["fast"], **dict(eps=0.3, trials=4, train_size=3500, holdout=500, score_size=3500,
-                                                seed=0)}
+#: The effect test's budget: the fast preset's settings on a 4,000-image subset, two trials of two classifier
+#: epochs each (108 alternating steps; ~90 s on the slowest 2-core machine we have seen, a 2 GHz Zen 1).
+EFFECT = {**DeepConfuse.presets["fast"], **dict(eps=0.3, trials=2, epochs_per_trial=2.0, train_size=3500,
+                                                holdout=500, score_size=3500, seed=0)}
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +82,14 @@ def test_deterministic_under_seed(tiny, tiny_set):
 
 # steps 0-1 are trial 1, 2-3 trial 2: crash inside trial 1, between the trials, inside trial 2
 @pytest.mark.parametrize("crash_at_step", [1, 2, 3])
-def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, interrupt,
-                                                             crash_at_step):
+def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash, crash_at_step):
     # every trial scores better than the one before, so the kept generator is the last one: it depends on every
     # step of both trials (the scoring victims are covered by the other tests)
     monkeypatch.setattr(DeepConfuse, "_score", lambda self, g, d, t, h, trial: {"clean_acc": 1 / (trial + 2),
                                                                                  "target_rate": 0.0})
     expected = DeepConfuse(**TINY).poison(tiny_set)
-    crashed = DeepConfuse(**TINY)
-    crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every step
-    with interrupt(DeepConfuse, "_step", crash_at_step + 1):
-        crashed.poison(tiny_set)
-    resumed = DeepConfuse(**TINY)
-    resumed.checkpoint = crashed.checkpoint
-    resumed.bind_state(tiny_set)
+    resumed = crash(partial(DeepConfuse, **TINY), "poison", tiny_set, tmp_path / "state.pt",  # saved every step
+                    (DeepConfuse, "_step", crash_at_step + 1))
     steps_per_trial = 2  # smoke: 0.25 epoch of 500 training images in batches of 64
     assert itemgetter("trial", "step")(resumed.load_state()) == divmod(crash_at_step, steps_per_trial)
     np.testing.assert_array_equal(resumed.poison(tiny_set).x, expected.x)  # as if never interrupted
@@ -154,12 +150,15 @@ def test_targeted_variant_runs(tiny_set):
 def test_effect_victim_much_worse_than_clean(small_train, small_test, victim_cfg, clean_acc):
     """Training on the DeepConfuse-protected subset at eps 0.3 must cost the victim a large part of its accuracy.
 
-    Measured (1 thread): clean 86.3%, this 45-second generator 51.1%. The margin fails without generator training:
-    an untrained generator (batch norm calibrated, so it uses the budget) leaves 79.1%, uniform noise
-    U(-0.3, 0.3) 82.2%. Caveat: random-sign noise of +-76 levels already gives 37.1% with this short victim
-    recipe; the fast preset's generator (16.8% here) beats it, this quick one does not."""
+    Measured on a Zen 1 (2 threads): clean 86.2%; this generator (seed 0) 24.0%, and with seeds 1-3 60.6 / 39.4 /
+    51.6%: a budget of two trials varies a lot from seed to seed, and another CPU's float arithmetic is another
+    draw, hence the margin of 20 points. It fails without generator training: an untrained generator (batch norm
+    calibrated, so it uses the budget) leaves 79.1%, uniform noise U(-0.3, 0.3) 82.2%; random-sign noise of +-76
+    levels 37.1% (EPYC). The earlier budget, four trials of one classifier epoch (27 steps each), gave 51.1% on the
+    EPYC but 71.6% on the Zen 1, whose four generators left 64.1 / 71.6 / 74.9 / 75.0%: against this 8-epoch victim
+    those short trials made the generator worse while their 2-epoch scoring victims were fooled more."""
     attack = DeepConfuse(**EFFECT)
     poisoned = attack.poison(small_train)
     acc = train(poisoned, small_test, "cnn", victim_cfg).test_acc
     print(f"clean {clean_acc:.3f} deepconfuse {acc:.3f} {attack.history_}")
-    assert acc < clean_acc - 0.25
+    assert acc < clean_acc - 0.2

@@ -6,6 +6,8 @@ narrow D-VAE (width 8) trained for a few epochs, so they check direction and mar
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -126,16 +128,11 @@ def test_save_load_roundtrip_and_new_data(tmp_path, tiny_set, tiny_dvae, small_t
 
 # 4 steps an epoch, 2 epochs a stage: crash inside stage 1's first epoch, at its second, inside stage 2
 @pytest.mark.parametrize("crash_at_step", [2, 4, 11])
-def test_interrupted_fit_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, interrupt, crash_at_step):
+def test_interrupted_fit_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash, crash_at_step):
     opts = {**TINY, "epochs": 2, "seed": 5}
     expected = DVAE(**opts).fit(tiny_set).transform(tiny_set).x
-    crashed = DVAE(**opts)
-    crashed.checkpoint, crashed.save_every_s = str(tmp_path / "state.pt"), 0.0  # save after every step
-    with interrupt(DVAE, "_loss", crash_at_step + 1):
-        crashed.fit(tiny_set)
-    resumed = DVAE(**opts)
-    resumed.checkpoint = crashed.checkpoint
-    resumed.bind_state(tiny_set)
+    resumed = crash(partial(DVAE, **opts), "fit", tiny_set, tmp_path / "state.pt",  # saved after every step
+                    (DVAE, "_loss", crash_at_step + 1))
     current = resumed.load_state()["current"]
     stage, rest = divmod(crash_at_step, 8)
     assert (current["key"], current["epoch"], current["step"]) == (f"stage{stage + 1}", *divmod(rest, 4))
@@ -143,7 +140,7 @@ def test_interrupted_fit_resumes_with_the_same_result(tiny_set, tmp_path, monkey
     # a finished fit keeps its networks in the state until it is cleared: fitting again trains nothing
     monkeypatch.setattr(DVAE, "_loss", lambda *a: pytest.fail("trained again"))
     again = DVAE(**opts)
-    again.checkpoint = crashed.checkpoint
+    again.checkpoint = resumed.checkpoint
     np.testing.assert_array_equal(again.fit(tiny_set).transform(tiny_set).x, expected)
     again.clear_state()
     assert not (tmp_path / "state.pt").exists()

@@ -75,16 +75,12 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", check
     ``options`` (e.g. ``preset="fast"``; ``skip="s2"`` by default since only stage 1 is needed). ``checkpoint``: a
     file where that fit keeps its training state, so an interrupted run continues (removed once the scores exist).
     """
-    from .defenses.dvae import DVAE
-    from .params import build
+    from .defenses.dvae import fit_stage1
 
     if score not in DVAE_SCORES:
         raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
     if dvae is None:
-        options.setdefault("skip", "s2")
-        dvae = build(DVAE, "defense 'dvae'", options)
-        dvae.checkpoint = checkpoint
-        dvae.fit(data)
+        dvae = fit_stage1(data, checkpoint, **options)
     x_hat, p = dvae.decompose(data.x, data.y)
     if checkpoint:
         dvae.clear_state()

@@ -603,6 +603,17 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return _quantise(x).to(torch.uint8).cpu().numpy()
 
 
+def fit_stage1(data: ImageSet, checkpoint: str | None = None, **options: Any) -> DVAE:
+    """A D-VAE with stage 1 trained on ``data`` (``skip="s2"`` unless ``options`` say otherwise), for the Table-1
+    check and detection; its training resumes from ``checkpoint`` (a file) when that holds an interrupted fit."""
+    from ..params import build
+
+    options.setdefault("skip", "s2")
+    dvae = build(DVAE, "defense 'dvae'", options)
+    dvae.checkpoint = checkpoint
+    return dvae.fit(data)
+
+
 def dvae_check(poisoned: ImageSet, testset: ImageSet, clean: ImageSet | None = None, dvae: DVAE | None = None,
                model: str = "cnn", train_cfg: Any = None, checkpoint: str | None = None,
                **options: Any) -> dict[str, Any]:
@@ -624,17 +635,13 @@ def dvae_check(poisoned: ImageSet, testset: ImageSet, clean: ImageSet | None = N
     against 92.1% clean (BENCHMARKS.md, session 9).
     """
     from ..data import clean_counterpart
-    from ..params import build
     from ..training import train
 
     clean = clean_counterpart(poisoned) if clean is None else clean
     if clean.x.shape != poisoned.x.shape or not np.array_equal(clean.y, poisoned.y):
         raise UnlearnableError("dvae_check: the clean set must match the poisoned one (same shape, order, labels)")
     if dvae is None:
-        options.setdefault("skip", "s2")
-        dvae = build(DVAE, "defense 'dvae'", options)
-        dvae.checkpoint = checkpoint
-        dvae.fit(poisoned)
+        dvae = fit_stage1(poisoned, checkpoint, **options)
     p = dvae.estimate_perturbation(poisoned.x, poisoned.y)
     if checkpoint:
         dvae.clear_state()

@@ -91,8 +91,8 @@ def test_interrupted_purify_resumes(tmp_path, crash):
     run("poison", "--attack", "random-noise", "--subset", "256", "--out", str(out), check_rc=0)
     data, opts = load_set(out), {"width": 4, "epochs": 2, "batch_size": 64}
     expected = DVAE(**opts).fit(data).transform(data).x
-    crash(partial(DVAE, **opts), "fit", data, tmp_path / ".pur.state.pt", (DVAE, "_loss", 11))  # in stage 2;
-    # the state is where the CLI keeps it
+    # crash in stage 2, with the state where the CLI keeps it
+    crash(partial(DVAE, **opts), "fit", data, tmp_path / ".pur.state.pt", (DVAE, "_loss", 11))
     sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
     p = run("purify", "--defense", "dvae", "--data", str(out), "--out", str(tmp_path / "pur"), *sets, check_rc=0)
     assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr

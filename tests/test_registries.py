@@ -13,7 +13,7 @@ from unlearnable.training import TrainConfig, train
 
 # Expensive optimisation attacks are contract-tested on fewer images with their cheapest settings.
 ATTACK_TEST_OPTIONS: dict[str, dict] = {
-    "em": {"steps": 2, "max_rounds": 2},
+    "em": {"steps": 2, "max_rounds": 2, "train_steps": 2},
     "tap": {"surrogate_epochs": 1, "steps": 2, "restarts": 1},
     "sep": {"surrogate_epochs": 2, "checkpoints": 2, "steps": 2},
     "rem": {"train_steps": 4, "steps": 2, "eot": 1, "adv_steps": 1},

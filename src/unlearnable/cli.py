@@ -136,13 +136,14 @@ def train(
     """Train a victim on a training set and test it on the CLEAN test split."""
     from .data import load
     from .models import MODELS
+
+    MODELS.check(model)  # an unknown name fails before any data is read (and before torch is imported)
+    trainset, testset = load(data)
     from .training import TrainConfig
     from .training import train as fit
 
-    MODELS.get(model)  # an unknown name fails before any data is read
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
     cfg = TrainConfig(seed=seed, device=device, **changes)
-    trainset, testset = load(data)
     if subset:
         trainset = trainset.take(subset, seed=seed)
     if not json_:
@@ -244,7 +245,6 @@ def detect(
     """Score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
     With --purify, purify only the flagged samples and save the result."""
     from .data import load
-    from .detect import detect as run_detect
     from .params import parse_sets
 
     options = parse_sets(set_)
@@ -252,16 +252,18 @@ def detect(
         options.setdefault("preset", "fast")
     defense = None
     if purify_with is not None:
-        from .defenses import create_defense
-
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
+        from .defenses import create_defense
+
         pur_options = parse_sets(purify_set)
         if purify_with == "dvae":
             pur_options.setdefault("preset", "fast")
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite)
     train, _ = load(data)
+    from .detect import detect as run_detect
+
     state = _state_in_cache("detect", train) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, **options)
     changed = train.provenance.get("changed")

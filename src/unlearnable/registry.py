@@ -41,10 +41,14 @@ class Registry(Generic[T]):
 
         return wrap
 
-    def get(self, name: str) -> Callable[..., T]:
+    def check(self, name: str) -> None:
+        """Raise the one-line error for an unknown ``name``, importing nothing."""
         if name not in self._entries:
             known = ", ".join(sorted(self._entries))
             raise UnlearnableError(f"unknown {self.kind} {name!r}; known: {known}")
+
+    def get(self, name: str) -> Callable[..., T]:
+        self.check(name)
         factory = self._entries[name]
         if isinstance(factory, str):
             module, _, attr = factory.partition(":")

@@ -35,29 +35,20 @@ def small_test(fmnist):
     return fmnist[1].take(N_TEST, seed=1)
 
 
-#: The effect tests' victim is the package's ``cnn`` at half its default width: a quarter of the convolution work,
-#: and on these small subsets it learns as well as the default (measured on a Zen 1, 2026-11-30: 81.3% vs 77.7% on
-#: 2,000 images, 85.3% on 4,000, in 7 s vs 18 s), and the attacks cost it as much (class-wise EM 18.6 vs 17.4 points,
-#: sample-wise EM 20.2 vs 23.2, TAP 33.2 vs 32.3, SEP 38.5 vs 43.7, REM 14.0 vs 13.9). The default victim's figures
-#: on the full sets are in BENCHMARKS.md.
-VICTIM_WIDTH = 16
-
-
 @pytest.fixture(scope="session")
-def victim_cfg():
-    """8 epochs in batches of 128 (more passes than the full-set recipe, the subsets being small). The effect tests
-    read the final accuracy only, so the test split is evaluated once, after the last epoch."""
-    from unlearnable.training import TrainConfig
+def victim(small_test):
+    """``victim(trainset)``: the clean test accuracy of the effect tests' victim trained on ``trainset``.
 
-    return TrainConfig(epochs=8, batch_size=128, seed=0, eval_every=8)
+    The package's ``cnn`` at half its default width (a quarter of the convolution work) for 8 epochs in batches of
+    128 (more passes than the full-set recipe, the subsets being small); the test split is evaluated once, after the
+    last epoch (the effect tests read the final accuracy only). On these subsets it learns as well as the default
+    width (Zen 1, 2026-11-30: 81.3% vs 77.7% on 2,000 images, 85.3% on 4,000, in 7 s vs 18 s) and the attacks cost
+    it as much (per-attack figures beside each test's margin; the default victim on the full sets: BENCHMARKS.md).
+    """
+    from unlearnable.training import TrainConfig, train
 
-
-@pytest.fixture(scope="session")
-def victim(small_test, victim_cfg):
-    """``victim(trainset)``: the clean test accuracy of the effect tests' victim trained on ``trainset``."""
-    from unlearnable.training import train
-
-    return lambda trainset: train(trainset, small_test, "cnn", victim_cfg, width=VICTIM_WIDTH).test_acc
+    cfg = TrainConfig(epochs=8, batch_size=128, seed=0, eval_every=8)
+    return lambda trainset: train(trainset, small_test, "cnn", cfg, width=16).test_acc
 
 
 @pytest.fixture(scope="session")

@@ -165,3 +165,25 @@ def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     run("protect", "--generator", str(out), "--data", str(out), "--out", str(tmp_path / "new"), check_rc=0)
     again = json.loads((tmp_path / "new" / "manifest.json").read_text())
     assert again["method"] == "deepconfuse" and max(again["norms"]["linf"]) <= 76 / 255 + 1e-6
+
+
+def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train, small_test):
+    """The demo's plumbing (the README's first command), on 300 images with cheap stand-ins for its attack and
+    D-VAE: every stage runs, the table has one row per victim and says its setting, the sets and grid are saved."""
+    from unlearnable import demo
+    from unlearnable.data import load_set
+    from unlearnable.training import TrainConfig
+
+    monkeypatch.setattr(demo, "load", lambda spec: (small_train.take(300, seed=0), small_test.take(200, seed=0)))
+    monkeypatch.setattr(demo, "DEMO_ATTACK", ("random-noise", {"mode": "class"}))
+    monkeypatch.setattr(demo, "DEMO_DEFENSES", (("jpeg", {}), ("dvae", {"preset": "fast", "epochs": 1, "width": 4})))
+    rows = demo.run_demo(out=tmp_path, eps=32 / 255, subset=None, cfg=TrainConfig(epochs=1))
+    assert [r["training data"] for r in rows] == ["clean", "random-noise (32/255)", "random-noise + jpeg",
+                                                  "random-noise + dvae"]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)
+    text = (tmp_path / "results.md").read_text()
+    assert "32/255" in text and "victim cnn (width=16)" in text  # the budget and the victim it was measured with
+    assert text.count("\n| ") == 5  # the header and four rows
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    poisoned = load_set(tmp_path / "poisoned")
+    assert len(poisoned) == 300 and len(load_set(tmp_path / "purified-dvae")) == 300

@@ -71,3 +71,11 @@ def test_flush_denormals_is_scoped():
             pytest.skip("this CPU cannot flush subnormals")
         assert (tiny / 100).item() == 0.0  # a subnormal result is flushed inside...
     assert (tiny / 100).item() > 0  # ...and representable again after the block
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"eval_every": 0}])
+def test_bad_recipe_is_a_clear_error(bad):
+    from unlearnable.errors import UnlearnableError
+
+    with pytest.raises(UnlearnableError, match=next(iter(bad))):
+        TrainConfig(**bad)

@@ -290,16 +290,24 @@ def detect(
 def dvae_check(
     data: str = typer.Option(..., "--data", "-d", help="a saved poisoned set"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="D-VAE option key=value (repeatable)"),
+    model: str = typer.Option("cnn", "--model", "-m", help="the victim's architecture (unlearnable list models)"),
+    epochs: Optional[int] = typer.Option(None, help="the victim's epochs (default: the trainer's)"),
 ) -> None:
     """Add the D-VAE's learned perturbation to the CLEAN images and train a victim (the seed's Table 1)."""
     from .data import load
-    from .defenses.dvae import dvae_check as check
+    from .models import MODELS
     from .params import parse_sets
 
+    MODELS.check(model)
     options = parse_sets(set_)
     options.setdefault("preset", "fast")
     train, test = load(data)
-    res = check(train, test, checkpoint=_state_in_cache("dvae-check", train), **options)
+    from .defenses.dvae import dvae_check as check
+    from .training import TrainConfig
+
+    cfg = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+    res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train),
+                **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat rms {res['p_rms']:.4f})")
 

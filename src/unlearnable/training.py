@@ -61,6 +61,14 @@ class TrainConfig:
     seed: int = 0  # initialisation, batch order and augmentation
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
 
+    def __post_init__(self) -> None:
+        from .params import check
+
+        check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
+
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 

@@ -55,6 +55,12 @@ def test_list_is_fast_and_lists():
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
+    # usage errors, caught by typer's own click (typer >= 0.24 no longer installs the click package)
+    (["poison", "--attack", "random-noise"], "--out"),
+    (["train", "--epochs", "abc"], "--epochs"),
+    (["poison", "--attack", "random-noise", "--seed", "-1", "--out", "{tmp}/o"], "--seed"),
+    (["train", "--subset", "0"], "--subset"),
+    (["nocmd"], "nocmd"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     args = [a.format(tmp=tmp_path) for a in args]

@@ -61,9 +61,9 @@ def poison(
     eps_unit: str = typer.Option("unit", help="unit of --eps: 'unit' ([0, 1] scale) or 'levels' (0..255)"),
     norm: Optional[str] = typer.Option(None, help="linf, l2 or l0 (default: the attack's)"),
     ratio: float = typer.Option(1.0, help="fraction of training samples to poison, in (0, 1]"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="attack parameter key=value (repeatable)"),
-    subset: Optional[int] = typer.Option(None, help="use a seeded class-balanced subset of N training images"),
+    subset: Optional[int] = typer.Option(None, min=1, help="use a seeded class-balanced subset of N training images"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
     """Poison a dataset's training split and save it with its manifest."""
@@ -98,7 +98,7 @@ def purify(
     defense: str = typer.Option(..., "--defense", help="defense name (unlearnable list defenses)"),
     data: str = typer.Option(..., "--data", "-d", help="a saved set directory, or a dataset spec"),
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the purified set to"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="defense parameter key=value (repeatable)"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
@@ -128,9 +128,9 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="epochs (default: the trainer's)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, help="batch size"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    subset: Optional[int] = typer.Option(None, help="train on a seeded class-balanced subset of N images"),
+    subset: Optional[int] = typer.Option(None, min=1, help="train on a seeded class-balanced subset of N images"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Train a victim on a training set and test it on the CLEAN test split."""
@@ -194,7 +194,7 @@ def info(data: str = typer.Argument(..., help="a saved set directory")) -> None:
 
 @app.command()
 def demo(
-    subset: int = typer.Option(10000, help="training images used (of 60,000)"),
+    subset: int = typer.Option(10000, min=1, help="training images used (of 60,000)"),
     eps: str = typer.Option("32/255", help="attack budget (8/255 is weak on grey Fashion-MNIST)"),
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its sets, table and images"),
 ) -> None:
@@ -211,7 +211,7 @@ def protect(
                                    "or a set saved by `poison --attack deepconfuse` (its generator.safetensors)"),
     data: str = typer.Option(..., "--data", "-d", help="dataset spec (e.g. folder:PATH) or saved set"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for the protected set"),
-    batch_size: int = typer.Option(256, help="images per forward pass"),
+    batch_size: int = typer.Option(256, min=1, help="images per forward pass"),
     png: bool = typer.Option(False, help="write an ImageFolder tree of PNGs instead of a saved set"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
@@ -352,16 +352,21 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if _is_usage_error(e):
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            typer.echo("aborted", err=True)
-            sys.exit(130)
         raise
+
+
+def _is_usage_error(e: Exception) -> bool:
+    """A click usage error (missing or unknown option, bad value...). Looked up through ``typer.BadParameter``
+    because typer >= 0.24 ships its own copy of click, and the ``click`` package may not be installed at all."""
+    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return isinstance(e, base)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_list_is_fast_and_lists():
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
-    # usage errors, caught by typer's own click (typer >= 0.24 no longer installs the click package)
+    # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),
     (["poison", "--attack", "random-noise", "--seed", "-1", "--out", "{tmp}/o"], "--seed"),

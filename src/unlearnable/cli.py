@@ -364,7 +364,7 @@ def main() -> None:
 
 def _is_usage_error(e: Exception) -> bool:
     """A click usage error (missing or unknown option, bad value...). Looked up through ``typer.BadParameter``
-    because typer >= 0.24 ships its own copy of click, and the ``click`` package may not be installed at all."""
+    because typer >= 0.26.0 ships its own copy of click, and the ``click`` package may not be installed at all."""
     base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     return isinstance(e, base)
 

@@ -52,9 +52,9 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
         clean = clean.take(subset)
     _say(f"[demo] {data}: {len(clean)} training images, {len(test)} clean test images; budget L-inf {eps * 255:.0f}/255")
     rows = []
+    model, kwargs = DEMO_VICTIM
 
     def victim(label: str, trainset) -> float:
-        model, kwargs = DEMO_VICTIM
         _say(f"[demo] training the victim ({cfg.epochs} epochs of {model}, {_options(kwargs)}) on {label} ...")
         r = train(trainset, test, model, cfg, description=f"victim on {label}", **kwargs)
         rows.append({"training data": label, "test_acc": round(r.test_acc, 4),
@@ -82,7 +82,6 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
     table = markdown_table(["training data", "clean test acc", "peak", "train s"],
                            [(r["training data"], f"{r['test_acc']:.2%}", f"{r['peak_test_acc']:.2%}",
                              r["train_seconds"]) for r in rows])
-    model, kwargs = DEMO_VICTIM
     setting = (f"{len(clean)} training images ({data}); attack {name} ({_options(opts)}) at L-inf {eps * 255:.0f}/255; "
                f"victim {model} ({_options(kwargs)}), {cfg.epochs} epochs; accuracy on {len(test)} clean test images")
     (out / "results.md").write_text(setting + "\n\n" + table + "\n")

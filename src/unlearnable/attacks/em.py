@@ -117,9 +117,10 @@ class EM(Attack):
                 log.info("em round %d: surrogate error on poisoned data %.4f (stop < %.3f)", rnd + 1, error, stop)
                 advance(1, status=f"error {error:.3f}")
                 rounds = rnd + 1
-                self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
-                                 "delta": delta.cpu(), "round": rnd + 1, "error": error,
-                                 "batches": (batches.perm, batches.pos), "rng": rng_state(gen)})
+                if self.checkpoint:  # building the state copies delta to the host: only when it is kept
+                    self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
+                                     "delta": delta.cpu(), "round": rnd + 1, "error": error,
+                                     "batches": (batches.perm, batches.pos), "rng": rng_state(gen)})
         if error >= stop:
             log.warning("em: stopped after %d rounds with surrogate error %.3f (target < %.3f)",
                         self.max_rounds, error, stop)

@@ -166,6 +166,8 @@ class REM(Attack):
         return self._defend.run(robust_loss, x, generator=gen)
 
     def _save(self, model, trainer, gen, batches, step: int, done: int, delta: torch.Tensor | None) -> None:
+        if not self.checkpoint:  # building the state copies delta to the host: only when it is kept
+            return
         self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
                          "sched": trainer.sched.state_dict(), "gen": gen.get_state(),
                          "perm": batches.perm, "pos": batches.pos,

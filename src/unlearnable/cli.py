@@ -219,8 +219,9 @@ def protect(
     _check_out(out, overwrite)
     from .attacks.deepconfuse import load_generator, protect_set
     from .data import export_png, load, save_set
+    from .training import resolve_device
 
-    gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator)
+    gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator, resolve_device())
     train, _ = load(data)
     protected = protect_set(gen, train, batch_size=batch_size)
     if png:

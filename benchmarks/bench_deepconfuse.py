@@ -81,7 +81,7 @@ def main() -> None:
                    "trials": len(attack.history_), "victim": "cnn", "acc": result.test_acc,
                    "peak": result.peak_test_acc}
             if attack.targeted:  # the paper's label-specific success: clean test images the victim puts in eta(y)
-                pred = predict(result.model, torch.from_numpy(test_set.x.copy())).numpy()
+                pred = predict(result.model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
                 row["target_rate"] = float((pred == (test_set.y + 1) % test_set.num_classes).mean())
             record(row)
         return

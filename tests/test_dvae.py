@@ -115,7 +115,7 @@ def test_skip_switches_change_the_output(tiny_set, tiny_dvae):
 
 def test_save_load_roundtrip_and_new_data(tmp_path, tiny_set, tiny_dvae, small_train):
     path = tiny_dvae.save(tmp_path / "dvae.safetensors")
-    loaded = DVAE.load(path, device="cpu")
+    loaded = DVAE.load(path, device=tiny_dvae.device)  # same device: the sampling noise is drawn there
     assert np.array_equal(loaded.transform(tiny_set).x, tiny_dvae.transform(tiny_set).x)
     new = small_train.take(100, seed=9)
     assert loaded.transform(new).x.shape == new.x.shape

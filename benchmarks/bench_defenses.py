@@ -6,9 +6,10 @@ Each SET_DIR is a saved poisoned training split (``unlearnable poison --out``, o
 For each: the victim on the poisoned set (before), the purifier's seconds, the victim on the purified set (after)
 and, with ``--clean``, the same purifier applied to the clean training split (what purification costs when there
 is nothing to remove). With ``--detect`` the D-VAE detector also scores the set and reports accuracy / precision /
-recall / F1 against the manifest's changed indices. ``--ratios 0.2,0.4`` also runs each set partially poisoned
-(``data.partial``: the noise kept on a seeded fraction, the rest of the images clean). One JSON line per result
-goes to ``--json``.
+recall / F1 against the manifest's changed indices. With ``--table1`` (dvae) a victim also trains on the clean
+images plus the fitted stage 1's ``p_hat`` (the seed's Table 1: a low accuracy means the decoder caught the poison).
+``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
+the rest of the images clean). One JSON line per result goes to ``--json``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--clean", action="store_true", help="also purify the clean split of the first set's source")
     ap.add_argument("--data", default="", help="dataset spec for --clean when no set is given")
     ap.add_argument("--detect", action="store_true", help="also run D-VAE detection on each set")
+    ap.add_argument("--table1", action="store_true",
+                    help="dvae only: also train a victim on the clean images + the fitted stage 1's p_hat")
     ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=0)
@@ -70,6 +73,11 @@ def main() -> None:
 
             found = detect(data, method="dvae", dvae=defense if args.defense == "dvae" else None)
             row["detection"] = found.metrics(data.provenance["changed"])
+        if args.table1 and args.defense == "dvae" and name != "clean":
+            from unlearnable.defenses.dvae import dvae_check
+
+            check = dvae_check(data, test, dvae=defense, model="cnn", train_cfg=cfg)
+            row["table1"] = {k: check[k] for k in ("test_acc", "p_rms", "p_linf_mean")}
         emit({**meta, **row}, args.json)
 
 

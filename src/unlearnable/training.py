@@ -230,7 +230,10 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
-    """Predicted labels for float (or uint8) images, in eval mode (bf16 autocast where it is fast)."""
+    """Predicted labels for float (or uint8) images, in eval mode (bf16 autocast where it is fast).
+
+    The labels stay on the model's device (the CPU for scikit-learn victims): call ``.cpu()`` before ``.numpy()``.
+    """
     if isinstance(model, PixelClassifier):
         return torch.from_numpy(np.asarray(model.predict(x), dtype=np.int64))
     model.eval()

@@ -344,8 +344,6 @@ class DeepConfuse(Attack):
         t0 = time.perf_counter() - elapsed
 
         def save(trial: int, step: int, trainer=None) -> None:
-            if not self.checkpoint:  # the state copies every network's weights: only when it is kept
-                return
             self.save_state({
                 "trial": trial, "step": step, "seconds": time.perf_counter() - t0, "rng": rng_state(gen),
                 "g_train": g_train.state_dict(), "g_frozen": g_frozen.state_dict(), "g_opt": g_opt.state_dict(),

@@ -5,12 +5,14 @@
     python benchmarks/bench_deepconfuse.py partial --generator G.safetensors [--ratios 0.2,0.4,0.6,0.8,1.0]
     python benchmarks/bench_deepconfuse.py svm-weights --generator G.safetensors --png weights.png
     python benchmarks/bench_deepconfuse.py eps-sweep --eps 0.1,0.15,0.2,0.25,0.3 [--set preset=fast]
+    python benchmarks/bench_deepconfuse.py speed --generator G.safetensors [--batch-sizes 256,1024]
 
 ``victims`` is the transfer experiment (Fig. 6/7: each victim trained on clean vs protected data, clean test
 accuracy); ``partial`` protects a seeded fraction of the training set and compares with flipping the labels of
 the same fraction at random (Fig. 5); ``svm-weights`` writes the per-class weight images of a linear SVM trained on
 clean data (top row) and on protected data (bottom row) (Fig. 10); ``eps-sweep`` trains one generator per budget
-and reports the default victim (Fig. 4). Neural victims use the package recipe (``--epochs``); ``--subset N`` trains
+and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the training split on the default device
+(best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe (``--epochs``); ``--subset N`` trains
 every victim on a seeded stratified subset (resnet18 is ~60 images/s on a 2-core CPU;
 it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). One JSON line per result
 goes to ``--json``.
@@ -28,14 +30,14 @@ import torch
 
 from _common import emit, run_meta
 from unlearnable.attacks import create_attack
-from unlearnable.attacks.deepconfuse import load_generator, protect_set
+from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
-from unlearnable.training import TrainConfig, predict, train
+from unlearnable.training import TrainConfig, predict, resolve_device, train
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["train", "victims", "partial", "svm-weights", "eps-sweep"])
+    ap.add_argument("experiment", choices=["train", "victims", "partial", "svm-weights", "eps-sweep", "speed"])
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--generator", help="a generator saved by `train` or `unlearnable poison --attack deepconfuse`")
     ap.add_argument("--eps", default="0.3", help="budget(s) for train / eps-sweep, fractions of the pixel range")
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=TrainConfig.lr, help="neural victims' peak learning rate")
     ap.add_argument("--subset", type=int, default=0, help="train victims on a seeded subset of N images")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-sizes", default="256,1024", help="`speed`: protect batch sizes")
+    ap.add_argument("--repeats", type=int, default=3, help="`speed`: timed runs per batch size (the best counts)")
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
     ap.add_argument("--json", default="benchmarks/results/deepconfuse.jsonl")
     args = ap.parse_args()
@@ -88,6 +92,24 @@ def main() -> None:
 
     if not args.generator:
         ap.error(f"{args.experiment} needs --generator")
+    if args.experiment == "speed":
+        device = resolve_device()
+        generator = load_generator(args.generator, device)
+        for bs in map(int, args.batch_sizes.split(",")):
+            protect(generator, train_set.x[:bs], bs)  # warm-up: oneDNN / cuDNN pick their kernels
+            seconds = []
+            for _ in range(args.repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                protect(generator, train_set.x, bs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - t0)
+            record({"experiment": "speed", "device": str(device), "threads": torch.get_num_threads(), "batch": bs,
+                    "images": len(train_set), "image_shape": list(train_set.x.shape[1:]),
+                    "s": [round(s, 3) for s in seconds], "images_per_s": round(len(train_set) / min(seconds))})
+        return
     generator = load_generator(args.generator)
     t0 = time.perf_counter()
     protected = protect_set(generator, train_set)

@@ -115,6 +115,25 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
     assert protected.provenance["budget"] == {"norm": "linf", "eps": 0.3}
 
 
+@pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40)])
+def test_protect_runs_the_same_function_faster(arch, channels, size):
+    """``protect`` folds the batch norms and changes the memory layout: the perturbation must not change."""
+    from unlearnable.attacks.deepconfuse import _inference_copy
+
+    torch.manual_seed(0)
+    gen = build_generator(arch, channels, size, eps=0.3)
+    with torch.no_grad():  # batch-norm statistics far from the defaults, so that folding them matters
+        gen.train()(torch.rand(64, channels, size, size) * 3)
+    gen.eval()
+    fast = _inference_copy(gen)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.rand(5, channels, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), gen(x), atol=1e-5,
+                                   rtol=0)
+    assert not gen.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())  # untouched
+
+
 def test_protect_and_load_reject_bad_input(tiny, tmp_path):
     attack, _ = tiny
     with pytest.raises(UnlearnableError, match="uint8"):

@@ -38,10 +38,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -71,7 +72,8 @@ shared, busy machine a training step took 2-3 s (OpenMP threads waiting on each 
 shared. On that run (class-wise noise 64/255 on all 60,000 images) the default victim went from 11.4% (poisoned)
 to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS;
 class-wise EM 30.7% -> 88.2% against 92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min
-for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10). The preset is sized for 60,000 grey images (468 steps a stage):
+for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower
+Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session 15). The preset is sized for 60,000 grey images (468 steps a stage):
 on 20,000 colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%),
 so give colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU
 took 214 s for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against
@@ -527,7 +529,10 @@ class DVAE(RateConstrainedVAE):
             x1 = data
             if "s1" not in self.skips:
                 x1_arr, p1 = self._stage1(data.x, data.y)
-                self._fit_cache = (data.x, data.y, x1_arr, p1)  # fit_transform on the same set reuses stage 1
+                # fit_transform on the same set reuses stage 1; its float p_hat waits on disk while stage 2
+                # trains, which keeps it out of the peak RSS (188 MB on full Fashion-MNIST, BENCHMARKS.md)
+                self._fit_cache = (data.x, data.y, x1_arr, _spill(p1))
+                del p1
                 x1 = data.replace(x=x1_arr)
             self.stage2_ = self._train(x1, self.kld_2, True, self.seed + 1, "stage2", "D-VAE stage 2")
         return self
@@ -547,7 +552,7 @@ class DVAE(RateConstrainedVAE):
         if s1:
             # the same generator seeds give the same result: the cache only saves one pass over the data
             hit = cache is not None and cache[0] is x and np.array_equal(cache[1], y)
-            x1, p1 = cache[2:] if hit else self._stage1(x, y)
+            x1, p1 = (cache[2], cache[3]()) if hit else self._stage1(x, y)
             self.perturbation_ = p1
             if not s2:
                 return x1
@@ -591,6 +596,19 @@ class DVAE(RateConstrainedVAE):
 
 
 # --------------------------------------------------------------------------------------------- helpers, Table 1
+def _spill(a: np.ndarray) -> Callable[[], np.ndarray]:
+    """Write ``a`` to an anonymous temporary file (gone when closed) and return the function that reads it back
+    once. Unlike a memory map, the caller's copy can be freed and nothing of it counts in the RSS meanwhile."""
+    f = tempfile.TemporaryFile()
+    np.save(f, a, allow_pickle=False)
+
+    def load() -> np.ndarray:
+        with f:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    return load
+
+
 def _floats(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 images as float32 in [0, 1] on ``device`` (a copy: sets may be read-only)."""
     return torch.as_tensor(np.array(x, dtype=np.uint8)).to(device).float().div_(255)

@@ -12,9 +12,9 @@ accuracy); ``partial`` protects a seeded fraction of the training set and compar
 the same fraction at random (Fig. 5); ``svm-weights`` writes the per-class weight images of a linear SVM trained on
 clean data (top row) and on protected data (bottom row) (Fig. 10); ``eps-sweep`` trains one generator per budget
 and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the training split on the default device
-(best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe (``--epochs``); ``--subset N`` trains
-every victim on a seeded stratified subset (resnet18 is ~60 images/s on a 2-core CPU;
-it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). One JSON line per result
+(best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe
+(``--epochs``); ``--subset N`` trains every victim on a seeded stratified subset (resnet18 is ~60 images/s on a
+2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). One JSON line per result
 goes to ``--json``.
 """
 from __future__ import annotations

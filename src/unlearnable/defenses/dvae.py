@@ -73,9 +73,10 @@ shared. On that run (class-wise noise 64/255 on all 60,000 images) the default v
 to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS;
 class-wise EM 30.7% -> 88.2% against 92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min
 for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower
-Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session 15). The preset is sized for 60,000 grey images (468 steps a stage):
-on 20,000 colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%),
-so give colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU
+Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session
+15). The preset is sized for 60,000 grey images (468 steps a stage): on 20,000 colour 32 x 32 images it is far
+too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give colour data many more epochs and
+width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU
 took 214 s for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against
 sample-wise EM (BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
 stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE

@@ -116,7 +116,7 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
 
 
 @pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40)])
-def test_protect_runs_the_same_function_faster(arch, channels, size):
+def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, size):
     """``protect`` folds the batch norms and changes the memory layout: the perturbation must not change."""
     from unlearnable.attacks.deepconfuse import _inference_copy
 

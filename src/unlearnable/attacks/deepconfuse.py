@@ -224,11 +224,9 @@ def _inference_copy(generator: PerturbationGenerator) -> PerturbationGenerator:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     fast = copy.deepcopy(generator).eval()
-    for block in (fast.stem, *fast.down, *fast.up, fast.head):
-        conv, bn = block[0], block[1]
-        if isinstance(bn, nn.BatchNorm2d):
-            block[0] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
-            block[1] = nn.Identity()
+    for block in (fast.stem, *fast.down, *fast.up, fast.head):  # each is conv, batch norm, activation
+        block[0] = fuse_conv_bn_eval(block[0], block[1], transpose=isinstance(block[0], nn.ConvTranspose2d))
+        block[1] = nn.Identity()
     if next(fast.parameters()).device.type == "cpu":
         fast = fast.to(memory_format=torch.channels_last)
     return fast

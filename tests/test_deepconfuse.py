@@ -117,8 +117,9 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
 
 @pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40)])
 def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, size):
-    """``protect`` folds the batch norms and changes the memory layout: the perturbation must not change."""
-    from unlearnable.attacks.deepconfuse import _inference_copy
+    """``protect`` folds the batch norms, changes the memory layout and (one output channel) computes the output
+    convolution as a depthwise convolution and a channel sum: the perturbation must not change."""
+    from unlearnable.attacks.deepconfuse import _ChannelSumConv, _inference_copy
 
     torch.manual_seed(0)
     gen = build_generator(arch, channels, size, eps=0.3)
@@ -127,6 +128,7 @@ def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, s
     gen.eval()
     fast = _inference_copy(gen)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert isinstance(fast.head[0], _ChannelSumConv) == (channels == 1)
     x = torch.rand(5, channels, size, size)
     with torch.no_grad():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), gen(x), atol=1e-5,

@@ -219,7 +219,8 @@ def _inference_copy(generator: PerturbationGenerator) -> PerturbationGenerator:
     the CPU, the weights are stored channels_last, where oneDNN's stride-2 transposed convolutions run 1.3-1.7x
     faster than in NCHW. On the Zen 1 (BENCHMARKS.md, DeepConfuse session 15) both, with
     :func:`~unlearnable.training.keep_freed_heap`, took ``protect`` on full Fashion-MNIST from 2,513 to 4,297
-    images/s at batch 256 (``ae``) and on the 32x32 colour subset from 352 to 535 (``unet``).
+    images/s at batch 256 (``ae``) and on the 32x32 colour subset from 352 to 535 (``unet``). On the CPU a
+    one-channel output convolution (grey images) also runs as :class:`_ChannelSumConv`: ~8% more (session 16).
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -228,8 +229,29 @@ def _inference_copy(generator: PerturbationGenerator) -> PerturbationGenerator:
         block[0] = fuse_conv_bn_eval(block[0], block[1], transpose=isinstance(block[0], nn.ConvTranspose2d))
         block[1] = nn.Identity()
     if next(fast.parameters()).device.type == "cpu":
+        if fast.head[0].out_channels == 1:
+            fast.head[0] = _ChannelSumConv(fast.head[0])
         fast = fast.to(memory_format=torch.channels_last)
     return fast
+
+
+class _ChannelSumConv(nn.Module):
+    """A convolution to one output channel, as a depthwise convolution and a sum over the channels.
+
+    The same arithmetic as the dense convolution (to float rounding). oneDNN runs the dense form badly on the CPU at
+    one output channel: the grey generator's 16 -> 1 output convolution took 9.4 ms of ~59 per batch of 256 on the
+    Zen 1, and 4.2 ms in this form (BENCHMARKS.md, DeepConfuse session 16). At three output channels (the colour
+    U-Net's 64 -> 3) this form is 5x slower than the dense one, so only the one-channel case uses it.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.padding, self.groups = conv.padding, conv.in_channels
+        self.weight = nn.Parameter(conv.weight.detach().transpose(0, 1).clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().view(1, 1, 1, 1).clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, None, 1, self.padding, 1, self.groups).sum(1, keepdim=True) + self.bias
 
 
 def protect_set(generator: PerturbationGenerator, data: ImageSet, batch_size: int = 256) -> ImageSet:

@@ -40,8 +40,8 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and
   keeps freed memory (session 15); ~8% more on 28x28 with the one-channel output conv as a depthwise conv and a
-  channel sum (4,300-4,570 in session 16, with the machine's spread). On an H200 GPU (BENCHMARKS.md, session 14): 188,000 images/s on 28x28
-  (batch 1,024), 34,000 on 32x32x3 (batch 256);
+  channel sum (4,300-4,570 in session 16, with the machine's spread). On an H200 GPU (BENCHMARKS.md, session 14):
+  188,000 images/s on 28x28 (batch 1,024), 34,000 on 32x32x3 (batch 256);
 - with a GPU's budget (H200, ``preset="fast", train_size=0``: 4 trials of 4 epochs over all 59,000 images, 7,376
   steps, ~6 minutes shared with other jobs): victim 15.55% at eps 0.3, every trial's scoring victim lower than the
   last (42.7 / 22.3 / 11.3 / 6.2%). On the colour subset at 8/255 the same budget (8 trials) left 71.8%: the

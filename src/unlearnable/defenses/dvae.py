@@ -77,11 +77,11 @@ Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stag
 15). The preset is sized for 60,000 grey images (468 steps a stage): on 20,000 colour 32 x 32 images it is far
 too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give colour data many more epochs and
 width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s for both stages and gave back
-71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
-stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE
-reconstructs the pattern instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official
-rate limit leaves room for it on simple grey images, so there the recovery comes from coarse stage-2
-reconstructions, not from the perturbation decoder."""
+71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md, session 14). Caveat
+(BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does not point at a class-wise EM poison
+(cosine -0.3..0.2 per class) and a longer-trained VAE reconstructs the pattern instead (cosine of ``x_hat - x_clean``
+with it up to 0.76 after 12 epochs): the official rate limit leaves room for it on simple grey images, so there the
+recovery comes from coarse stage-2 reconstructions, not from the perturbation decoder."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

@@ -24,8 +24,9 @@ data: install
 demo: data
 	$(VENV)/bin/unlearnable demo
 
+# Two one-thread workers (tests/conftest.py); tests that share a costly fixture carry the same xdist_group mark.
 test: data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: data
 	$(PY) benchmarks/bench_trainer.py

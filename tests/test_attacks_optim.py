@@ -33,19 +33,24 @@ ATTACKS = {
     # REM at a tenth of its fast preset's cost: 60 surrogate steps, 3 defensive steps, 1 draw, 2 inner steps
     "rem": ("rem", {"train_steps": 60, "lr_decay_every": 40, "steps": 3, "eot": 1, "adv_steps": 2}),
 }
+# Under pytest-xdist (`make test`) tests that share work run on one worker: the class-wise EM set (also checked for
+# its structure below), and TAP's surrogate run, which SEP reuses from the cache (one cache per process).
+GROUP = {"em-class": "em-class", "tap": "tap-sep", "sep": "tap-sep"}
 
 
-@pytest.fixture(scope="module")
+# Session scope: the effect tests run first (conftest.py), the rest of this module later, and the poisoned sets
+# must survive in between.
+@pytest.fixture(scope="session")
 def data(small_train):
     return small_train.take(2000, seed=7)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(data, victim):
     return victim(data)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def poisoned(data):
     cache = {}
 
@@ -58,7 +63,9 @@ def poisoned(data):
     return get
 
 
-@pytest.mark.parametrize("key", list(ATTACKS))
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [pytest.param(k, marks=[pytest.mark.xdist_group(GROUP[k])] if k in GROUP else [])
+                                 for k in ATTACKS])
 def test_attack_lowers_clean_accuracy(key, poisoned, data, victim, reference):
     p = poisoned(key)
     assert np.abs(p.x.astype(int) - data.x).max() <= 32
@@ -67,6 +74,7 @@ def test_attack_lowers_clean_accuracy(key, poisoned, data, victim, reference):
     assert acc <= reference - MARGIN[key], (key, acc, reference)  # ...the poisoned one does not
 
 
+@pytest.mark.xdist_group(GROUP["em-class"])
 def test_classwise_em_has_one_perturbation_per_class(poisoned, data):
     p = poisoned("em-class")
     delta = p.x.astype(np.int16) - data.x

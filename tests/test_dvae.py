@@ -180,6 +180,7 @@ EFFECT_EPS = 64 / 255
 EFFECT_DVAE = {"width": 8, "epochs": 2, "batch_size": 32, "seed": 0}  # ~250 steps per stage
 
 
+@pytest.mark.slow
 def test_dvae_restores_accuracy_on_classwise_noise(small_train, victim):
     poisoned = create_attack("random-noise", eps=EFFECT_EPS, mode="class").poison(small_train)
     poisoned_acc = victim(poisoned)
@@ -190,6 +191,7 @@ def test_dvae_restores_accuracy_on_classwise_noise(small_train, victim):
     assert purified_acc > poisoned_acc + 0.15, (poisoned_acc, purified_acc)
 
 
+@pytest.mark.slow
 def test_detection_beats_chance_on_half_poisoned(small_train):
     from unlearnable.detect import detect
 

@@ -70,6 +70,7 @@ def test_attack_lowers_clean_accuracy(key, poisoned, data, victim, reference):
     p = poisoned(key)
     assert np.abs(p.x.astype(int) - data.x).max() <= 32
     acc = victim(p)
+    print(f"{key} {EPS * 255:.0f}/255: clean victim {reference:.3f}, poisoned {acc:.3f}")
     assert reference >= 0.78, reference  # the clean victim learns this subset...
     assert acc <= reference - MARGIN[key], (key, acc, reference)  # ...the poisoned one does not
 

@@ -24,7 +24,7 @@ data: install
 demo: data
 	$(VENV)/bin/unlearnable demo
 
-# Two one-thread workers (tests/conftest.py); tests that share a costly fixture carry the same xdist_group mark.
+# Two one-thread workers (tests/conftest.py); tests that share a costly fixture run on one worker (xdist_group).
 test: data
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 

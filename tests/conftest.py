@@ -22,9 +22,13 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """The slow effect tests first: under pytest-xdist the workers then share out the short tests at the end and
-    finish together."""
+    finish together. The tests that use the clean victim (``clean_acc``) share one worker, which trains it once."""
+    for item in items:
+        if "clean_acc" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("clean_acc"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

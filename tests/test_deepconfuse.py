@@ -171,7 +171,6 @@ def test_targeted_variant_runs(tiny_set):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("clean_acc")  # under pytest-xdist one worker computes the clean victim for all four
 def test_effect_victim_much_worse_than_clean(small_train, victim, clean_acc):
     """Training on the DeepConfuse-protected subset at eps 0.3 must cost the victim a large part of its accuracy.
 

@@ -8,7 +8,6 @@ from unlearnable.attacks import create_attack
 from unlearnable.training import TrainConfig, random_crop, train
 
 
-@pytest.mark.xdist_group("clean_acc")  # under pytest-xdist one worker computes the clean victim for all four
 def test_victim_learns(clean_acc):
     assert clean_acc >= 0.80  # 4,000 Fashion-MNIST images, 8 epochs of the cnn
 
@@ -51,14 +50,12 @@ def test_random_crop_shifts_content():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("clean_acc")  # under pytest-xdist one worker computes the clean victim for all four
 def test_random_noise_barely_hurts(small_train, victim, clean_acc):
     acc = victim(create_attack("random-noise", eps=16 / 255, seed=0).poison(small_train))
     assert acc >= clean_acc - 0.05, (acc, clean_acc)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("clean_acc")  # under pytest-xdist one worker computes the clean victim for all four
 def test_label_flip_hurts_but_leaves_the_majority_label(small_train, victim, clean_acc):
     flipped = create_attack("label-flip", ratio=0.6, seed=0).poison(small_train)
     assert (flipped.y != small_train.y).mean() == pytest.approx(0.6, abs=0.01)

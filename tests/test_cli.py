@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import logging
@@ -88,6 +89,8 @@ def test_list_is_fast_and_lists():
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
+    (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),
+    (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),
@@ -184,8 +187,10 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     poisoned = tmp_path / "half"
     run("poison", "--attack", "random-noise", "--eps", "64/255", "--ratio", "0.5", "--subset", "1000",
         "--set", "mode=class", "--out", str(poisoned), check_rc=0)
+    csv_path, png = tmp_path / "report" / "scores.csv", tmp_path / "report" / "scores.png"
     res = json.loads(run("detect", "--data", str(poisoned), "--method", "simple", "--purify", "bdr",
-                         "--out", str(tmp_path / "pur"), "--json", check_rc=0).stdout)
+                         "--out", str(tmp_path / "pur"), "--scores", str(csv_path), "--plot", str(png), "--json",
+                         check_rc=0).stdout)
     assert res["metrics"]["f1"] > 0.7, res  # class-wise noise at 64/255 is easy to spot
     before, after = load_set(poisoned), load_set(tmp_path / "pur")
     changed = np.flatnonzero((after.x != before.x).reshape(len(after.x), -1).any(1))
@@ -193,6 +198,17 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     assert len(flagged) == res["flagged"] and after.provenance["purified_by"]["only_flagged_by"] == "simple"
     assert len(changed) > 0.8 * len(flagged) and set(changed) <= set(flagged)  # flagged samples only
     assert np.array_equal(after.y, before.y)
+    # the CSV says which samples were flagged (the same ones purified) and which the attack changed
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == len(before) and [int(r["index"]) for r in rows] == list(range(len(before)))
+    assert [int(r["index"]) for r in rows if r["flagged"] == "1"] == flagged
+    assert {int(r["index"]) for r in rows if r["poisoned"] == "1"} == set(before.provenance["changed"])
+    assert all(before.classes[int(r["label"])] == r["class"] for r in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and res["plot"] == str(png)
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == ["scores.csv", "scores.png"]  # no temporaries
+    # an existing report is refused before any work, unless --overwrite
+    assert "exists" in one_line_error(run("detect", "--data", str(poisoned), "--method", "simple",
+                                          "--scores", str(csv_path)))
 
 
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):

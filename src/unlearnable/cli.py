@@ -52,6 +52,16 @@ def _check_out(out: Path, overwrite: bool) -> None:
     check_out_dir(out, overwrite)
 
 
+def _check_out_file(path: Optional[Path], overwrite: bool) -> None:
+    """Refuse a file output that is a directory, or an existing file unless ``overwrite``: before any long work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UnlearnableError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise UnlearnableError(f"{path} exists; pass --overwrite to replace it")
+
+
 @app.command()
 def poison(
     attack: str = typer.Option(..., "--attack", "-a", help="attack name (unlearnable list attacks)"),
@@ -240,11 +250,14 @@ def detect(
                                               "this defense (e.g. dvae) and save the set to --out"),
     purify_set: Optional[List[str]] = typer.Option(None, "--purify-set", help="purifier option key=value"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify writes the set"),
-    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out and existing --scores / --plot files"),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="write a CSV: every sample's index, file name "
+                                          "(folder data), label, score, whether flagged (and poisoned, if known)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG histogram of the scores and threshold"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
-    With --purify, purify only the flagged samples and save the result."""
+    --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result."""
     from .data import load
     from .params import parse_sets
 
@@ -262,6 +275,8 @@ def detect(
             pur_options.setdefault("preset", "fast")
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite)
+    for path in (scores, plot):
+        _check_out_file(path, overwrite)
     train, _ = load(data)
     from .detect import detect as run_detect
 
@@ -277,6 +292,14 @@ def detect(
         save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
         defense.clear_state()
         summary["purified"] = str(out)
+    if scores is not None:
+        from .report import detection_csv
+
+        summary["scores"] = str(detection_csv(train, result, scores))
+    if plot is not None:
+        from .report import score_histogram
+
+        summary["plot"] = str(score_histogram(result, plot, changed))
     if json_:
         typer.echo(json.dumps(summary))
         return
@@ -285,6 +308,9 @@ def detect(
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "purified" in summary:
         typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
+    for key in ("scores", "plot"):
+        if key in summary:
+            typer.echo(f"{key}: {summary[key]}")
 
 
 @app.command("dvae-check")

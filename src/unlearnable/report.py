@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .data import ImageSet, clean_counterpart, load_set
 from .errors import UnlearnableError
+
+if TYPE_CHECKING:
+    from .detect import Detection
 
 SSIM_SAMPLES = 500  # SSIM is slow; it is averaged over a seeded sample of this many images
 
@@ -105,3 +108,77 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 def subset_for_grid(data: ImageSet, per_class: int = 1) -> np.ndarray:
     """Indices of the first ``per_class`` samples of each class (for picture rows)."""
     return np.concatenate([np.flatnonzero(data.y == c)[:per_class] for c in range(data.num_classes)])
+
+
+def _write_atomic(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Path:
+    """One row per sample of ``data``: index, file name (folder data), label, class, score, flagged and, when
+    the set's manifest knows which samples an attack changed, ``poisoned``."""
+    import csv
+
+    flagged = np.zeros(len(data), bool)
+    flagged[np.asarray(detection.flagged, dtype=np.int64)] = True
+    changed = data.provenance.get("changed")
+    poisoned = None
+    if changed is not None:
+        poisoned = np.zeros(len(data), bool)
+        poisoned[np.asarray(changed, dtype=np.int64)] = True
+    names = data.provenance.get("file_names")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", *(["file"] if names else []), "label", "class", "score", "flagged",
+                        *(["poisoned"] if poisoned is not None else [])])
+            for i in range(len(data)):
+                y = int(data.y[i])
+                w.writerow([i, *([names[i]] if names else []), y, data.classes[y], f"{detection.scores[i]:.6g}",
+                            int(flagged[i]), *([int(poisoned[i])] if poisoned is not None else [])])
+
+    return _write_atomic(path, write)
+
+
+def score_histogram(detection: Detection, path: str | Path, changed: Sequence[int] | np.ndarray | None = None) -> Path:
+    """A PNG histogram of the detection scores with the threshold as a line; when ``changed`` (the truly
+    poisoned indices) is known, poisoned and clean samples are drawn in two colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = np.asarray(detection.scores, dtype=np.float64)
+    bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if changed is None:
+        ax.hist(s, bins=bins, color="tab:gray", label="all samples")
+    else:
+        truth = np.zeros(len(s), bool)
+        truth[np.asarray(changed, dtype=np.int64)] = True
+        ax.hist([s[~truth], s[truth]], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
+                label=[f"clean ({(~truth).sum()})", f"poisoned ({truth.sum()})"])
+    ax.axvline(detection.threshold, color="black", linestyle="--",
+               label=f"threshold {detection.threshold:.4g}: {len(detection.flagged)} flagged")
+    ax.set_xlabel(f"{detection.method or 'detector'} score (higher = more suspicious)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=110, format="png")
+
+    try:
+        return _write_atomic(path, write)
+    finally:
+        plt.close(fig)

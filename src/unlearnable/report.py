@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .data import ImageSet, clean_counterpart, load_set
+from .data.store import write_atomic
 from .errors import UnlearnableError
 
 if TYPE_CHECKING:
@@ -110,19 +111,6 @@ def subset_for_grid(data: ImageSet, per_class: int = 1) -> np.ndarray:
     return np.concatenate([np.flatnonzero(data.y == c)[:per_class] for c in range(data.num_classes)])
 
 
-def _write_atomic(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary sibling of ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Path:
     """One row per sample of ``data``: index, file name (folder data), label, class, score, flagged and, when
     the set's manifest knows which samples an attack changed, ``poisoned``."""
@@ -147,7 +135,7 @@ def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Pat
                 w.writerow([i, *([names[i]] if names else []), y, data.classes[y], f"{detection.scores[i]:.6g}",
                             int(flagged[i]), *([int(poisoned[i])] if poisoned is not None else [])])
 
-    return _write_atomic(path, write)
+    return write_atomic(path, write)
 
 
 def score_histogram(detection: Detection, path: str | Path, changed: Sequence[int] | np.ndarray | None = None) -> Path:
@@ -179,6 +167,6 @@ def score_histogram(detection: Detection, path: str | Path, changed: Sequence[in
         fig.savefig(tmp, dpi=110, format="png")
 
     try:
-        return _write_atomic(path, write)
+        return write_atomic(path, write)
     finally:
         plt.close(fig)

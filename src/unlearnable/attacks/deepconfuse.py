@@ -66,6 +66,7 @@ from torch.func import functional_call
 
 from .. import progress
 from ..data import ImageSet
+from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check, check_choice
 from ..resume import rng_state, set_rng_state
@@ -152,11 +153,8 @@ def generator_bytes(generator: PerturbationGenerator) -> bytes:
 
 def save_generator(generator: PerturbationGenerator, path: str | Path) -> Path:
     """Write the generator to a safetensors file (:func:`generator_bytes`) via a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(generator_bytes(generator))
-    tmp.replace(path)
-    return path
+    data = generator_bytes(generator)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> PerturbationGenerator:

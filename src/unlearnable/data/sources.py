@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import UnlearnableError
 from ..registry import Registry
 from .imageset import ImageSet, to_uint8
+from .store import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,7 @@ def _cached_tree(root: Path):
             return z["x"], z["y"], list(z["classes"]), list(z["names"])
     x, y, classes, names = _read_image_tree(root)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names))
-        tmp.replace(path)
+        write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names)))
     except OSError:
         log.warning("could not cache decoded images in %s", path.parent)
     return x, y, classes, names

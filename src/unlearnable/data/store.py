@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -61,16 +61,25 @@ def atomic_dir(out: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def torch_save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary sibling, then rename: a crash never leaves a half-written file at ``path``."""
-    import torch
-
+def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` (same suffix), then rename it to ``path``: a crash
+    never leaves a half-written file there, and a failed write leaves no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` via :func:`write_atomic`."""
+    import torch
+
+    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def budget_levels(eps: float) -> int:

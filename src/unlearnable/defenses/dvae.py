@@ -51,6 +51,7 @@ from torch import nn
 
 from .. import progress
 from ..data import ImageSet
+from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check
 from ..resume import rng_state, set_rng_state
@@ -414,7 +415,7 @@ class RateConstrainedVAE(Purifier):
         return {"net": self.net_}
 
     def save(self, path: str | Path) -> Path:
-        """Write the trained weights and parameters to one ``.safetensors`` file."""
+        """Write the trained weights and parameters to one ``.safetensors`` file (atomically)."""
         from safetensors.torch import save_file
 
         if not hasattr(self, "shape_"):
@@ -423,9 +424,7 @@ class RateConstrainedVAE(Purifier):
                    for k, net in self._nets().items() for n, t in net.state_dict().items()}
         meta = {"method": self.name, "params": json.dumps(self.params()), "shape": json.dumps(list(self.shape_)),
                 "num_classes": str(self.num_classes_), "nets": json.dumps(sorted(self._nets()))}
-        path = Path(path)
-        save_file(tensors, str(path), metadata=meta)
-        return path
+        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RateConstrainedVAE":

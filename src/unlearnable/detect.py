@@ -2,7 +2,9 @@
 
 Two detectors, one shape: ``scores = *_scores(data, ...)`` (higher = more likely poisoned), then
 ``flag(scores)`` splits them with Otsu's rule, and ``detection_metrics(flagged, changed)`` compares with the
-true poisoned indices (an attack's ``provenance["changed"]``).
+true poisoned indices (an attack's ``provenance["changed"]``). :func:`unlearnable.report.detection_csv` lists
+every sample's score and flag, :func:`unlearnable.report.score_histogram` draws the scores and the threshold
+(``unlearnable detect --scores F.csv --plot F.png``).
 
 * ``dvae``: the D-VAE of Yu et al. (ICML 2024, "Purify Unlearnable Examples via Rate-Constrained Variational
   Autoencoders", Table 8) learns a per-sample perturbation estimate ``p_hat``. Its L2 norm per sample would be

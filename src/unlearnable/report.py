@@ -87,11 +87,10 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes
             if r == 0 and classes is not None and labels is not None:
                 ax.set_title(classes[labels[c]], fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def magnify(perturbation: np.ndarray, eps_levels: float) -> np.ndarray:
@@ -162,11 +161,7 @@ def score_histogram(detection: Detection, path: str | Path, changed: Sequence[in
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     fig.tight_layout()
-
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=110, format="png")
-
     try:
-        return write_atomic(path, write)
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)

@@ -1,6 +1,7 @@
 """The data layer: sources, saved sets (hashes, budget, atomic writes), export, bad input."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -8,8 +9,10 @@ import pytest
 
 from unlearnable.attacks import create_attack
 from unlearnable.data import ImageSet, export_png, load, load_dataset, load_set, save_set
+from unlearnable.detect import flag
 from unlearnable.errors import UnlearnableError
 from unlearnable.params import parse_eps
+from unlearnable.report import detection_csv
 
 
 def test_fashion_mnist_shapes(fmnist):
@@ -93,6 +96,17 @@ def test_folder_source_roundtrip(tmp_path, small_train, monkeypatch):
     # a root holding only train/ (the layout of the shared colour subset) is split the same way
     train2, test2 = load_dataset(f"folder:{tmp_path / 'tree'}")
     assert len(train2) == len(train) and len(test2) == len(test) and train2.classes == train.classes
+    # a detection report names each sample by its file
+    rows = list(csv.DictReader(detection_csv(train, flag(np.arange(len(train), dtype=float)), tmp_path / "s.csv")
+                               .open()))
+    assert [r["file"] for r in rows] == train.provenance["file_names"] and len(rows) == len(train)
+    assert all((tmp_path / "tree" / "train" / r["file"]).is_file() for r in rows)
+    from PIL import Image
+
+    for i in (0, len(rows) - 1):  # each name is the file of that very sample
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "tree" / "train" / rows[i]["file"])), train.x[i, 0])
+    assert len(set(test.provenance["file_names"]) | set(train.provenance["file_names"])) == 60
+    assert train.subset(np.array([3, 1])).provenance["file_names"] == [rows[3]["file"], rows[1]["file"]]
 
 
 def test_folder_bad_inputs(tmp_path):

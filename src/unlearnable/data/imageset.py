@@ -60,10 +60,13 @@ class ImageSet:
         return dataclasses.replace(self, **changes)
 
     def subset(self, index: np.ndarray) -> "ImageSet":
-        """The samples at ``index``; ``provenance["source_index"]`` keeps their positions in the source split."""
+        """The samples at ``index``; ``provenance["source_index"]`` keeps their positions in the source split (and
+        ``provenance["file_names"]``, for folder data, their files)."""
         index = np.asarray(index)
         base = np.asarray(self.provenance.get("source_index", np.arange(len(self))))
         provenance = {**self.provenance, "source_index": base[index].tolist()}
+        if "file_names" in provenance:
+            provenance["file_names"] = [provenance["file_names"][i] for i in index.tolist()]
         return self.replace(x=np.ascontiguousarray(self.x[index]), y=self.y[index].copy(), provenance=provenance)
 
     def take(self, n: int, seed: int = 0, stratified: bool = True) -> "ImageSet":

@@ -168,14 +168,20 @@ def svhn() -> tuple[ImageSet, ImageSet]:
 
 
 # ------------------------------------------------------------------------------------------------- folder and npz
-def split_train_test(x: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[ImageSet, ImageSet]:
-    """A seeded, stratified split: TEST_FRACTION of each class becomes the test set."""
+def split_train_test(x: np.ndarray, y: np.ndarray, classes: list[str],
+                     names: list[str] | None = None) -> tuple[ImageSet, ImageSet]:
+    """A seeded, stratified split: TEST_FRACTION of each class becomes the test set. ``names`` (one file name per
+    sample) follow their samples into ``provenance["file_names"]``."""
     rng = np.random.default_rng(SPLIT_SEED)
     test = np.zeros(len(y), dtype=bool)
     for c in range(len(classes)):
         members = np.flatnonzero(y == c)
         test[rng.permutation(members)[: int(round(len(members) * TEST_FRACTION))]] = True
-    return (ImageSet(x[~test], y[~test], classes, split="train"), ImageSet(x[test], y[test], classes, split="test"))
+    parts = ImageSet(x[~test], y[~test], classes, split="train"), ImageSet(x[test], y[test], classes, split="test")
+    if names is not None:
+        for part, mask in zip(parts, (~test, test)):
+            part.provenance["file_names"] = [n for n, m in zip(names, mask) if m]
+    return parts
 
 
 def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -230,18 +236,18 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
         raise UnlearnableError(f"folder {root} does not exist")
     if (root / "train").is_dir() and (root / "test").is_dir():
         xtr, ytr, classes, names = _cached_tree(root / "train")
-        xte, yte, classes_te, _ = _cached_tree(root / "test")
+        xte, yte, classes_te, names_te = _cached_tree(root / "test")
         if classes_te != classes:
             raise UnlearnableError(f"{root}/train and {root}/test have different class folders")
         parts = ImageSet(xtr, ytr, classes, split="train"), ImageSet(xte, yte, classes, split="test")
-        parts[0].provenance["file_names"] = names
+        parts[0].provenance["file_names"], parts[1].provenance["file_names"] = names, names_te
     else:
         subdirs = [d.name for d in root.iterdir() if d.is_dir()]
         tree = root / "train" if subdirs == ["train"] else root  # a train/ tree shipped without its test/ half
         x, y, classes, names = _cached_tree(tree)
         if len(classes) < 2:
             raise UnlearnableError(f"{root} has {len(classes)} class folder(s); at least 2 are needed")
-        parts = split_train_test(x, y, classes)
+        parts = split_train_test(x, y, classes, names)
     if len(classes) < 2:
         raise UnlearnableError(f"{root} has {len(classes)} class folder(s); at least 2 are needed")
     return parts

@@ -75,10 +75,10 @@ to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): b
 class-wise EM 30.7% -> 88.2% against 92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min
 for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower
 Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session
-15). On a slow CPU ``width=8`` halves the time at a price (Zen 1, session 18: 9.2 min, class-wise EM -> 86.5%
-against 87.7% at ``width=16``, clean 91.6% -> 89.6%): the narrower net keeps more of each image, poison included. The
-preset is sized for 60,000 grey images (468 steps a stage): on 20,000 colour 32 x 32 images it is far too short (EM
-18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give colour data many more epochs and
+15). On a slow CPU ``width=8`` halves the time at a price (Zen 1, session 18: 9.2 min; class-wise EM -> 86.5%
+against 87.7% at ``width=16``; clean images lose 2.0 points at either width, 91.6% -> 89.6%). The preset is
+sized for 60,000 grey images (468 steps a stage): on 20,000 colour 32 x 32 images it is far too short (EM 18.7% ->
+42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give colour data many more epochs and
 width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s for both stages and gave back
 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md, session 14). Caveat
 (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does not point at a class-wise EM poison

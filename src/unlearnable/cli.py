@@ -52,16 +52,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     check_out_dir(out, overwrite)
 
 
-def _check_out_file(path: Optional[Path], overwrite: bool) -> None:
-    """Refuse a file output that is a directory, or an existing file unless ``overwrite``: before any long work."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise UnlearnableError(f"{path} is a directory; give a file name")
-    if path.exists() and not overwrite:
-        raise UnlearnableError(f"{path} exists; pass --overwrite to replace it")
-
-
 @app.command()
 def poison(
     attack: str = typer.Option(..., "--attack", "-a", help="attack name (unlearnable list attacks)"),
@@ -275,8 +265,11 @@ def detect(
             pur_options.setdefault("preset", "fast")
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite)
+    from .data.store import check_out_file
+
     for path in (scores, plot):
-        _check_out_file(path, overwrite)
+        if path is not None:
+            check_out_file(path, overwrite)
     train, _ = load(data)
     from .detect import detect as run_detect
 

@@ -172,14 +172,18 @@ def purify_flagged(data: ImageSet, detection: Detection, defense: Any) -> ImageS
     return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist())
 
 
+def index_mask(indices: np.ndarray | list[int], n: int) -> np.ndarray:
+    """A boolean mask of length ``n``, True at ``indices`` (flagged or truly poisoned samples)."""
+    mask = np.zeros(n, bool)
+    mask[np.asarray(indices, dtype=np.int64)] = True
+    return mask
+
+
 def detection_metrics(flagged: np.ndarray | list[int], changed: np.ndarray | list[int], n: int,
                       scores: np.ndarray | None = None) -> dict[str, float]:
     """Accuracy, precision, recall and F1 of ``flagged`` against the truly ``changed`` indices among ``n``
     samples (the poisoned class is the positive one); plus ROC AUC when ``scores`` are given."""
-    truth = np.zeros(n, bool)
-    truth[np.asarray(changed, dtype=np.int64)] = True
-    pred = np.zeros(n, bool)
-    pred[np.asarray(flagged, dtype=np.int64)] = True
+    truth, pred = index_mask(changed, n), index_mask(flagged, n)
     tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
     fn = int((~pred & truth).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0

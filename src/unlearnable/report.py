@@ -115,13 +115,11 @@ def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Pat
     the set's manifest knows which samples an attack changed, ``poisoned``."""
     import csv
 
-    flagged = np.zeros(len(data), bool)
-    flagged[np.asarray(detection.flagged, dtype=np.int64)] = True
+    from .detect import index_mask
+
+    flagged = index_mask(detection.flagged, len(data))
     changed = data.provenance.get("changed")
-    poisoned = None
-    if changed is not None:
-        poisoned = np.zeros(len(data), bool)
-        poisoned[np.asarray(changed, dtype=np.int64)] = True
+    poisoned = None if changed is None else index_mask(changed, len(data))
     names = data.provenance.get("file_names")
 
     def write(tmp: Path) -> None:
@@ -151,8 +149,9 @@ def score_histogram(detection: Detection, path: str | Path, changed: Sequence[in
     if changed is None:
         ax.hist(s, bins=bins, color="tab:gray", label="all samples")
     else:
-        truth = np.zeros(len(s), bool)
-        truth[np.asarray(changed, dtype=np.int64)] = True
+        from .detect import index_mask
+
+        truth = index_mask(changed, len(s))
         ax.hist([s[~truth], s[truth]], bins=bins, stacked=True, color=["tab:blue", "tab:red"],
                 label=[f"clean ({(~truth).sum()})", f"poisoned ({truth.sum()})"])
     ax.axvline(detection.threshold, color="black", linestyle="--",

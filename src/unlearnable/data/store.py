@@ -46,6 +46,16 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def check_out_file(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an output file that is a directory, or an existing file unless ``overwrite``: before any long work."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnlearnableError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise UnlearnableError(f"{path} exists; pass --overwrite to replace it")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``out``, on failure it is removed."""

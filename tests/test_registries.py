@@ -11,12 +11,13 @@ from unlearnable.errors import UnlearnableError
 from unlearnable.models import CLASSICAL, MODELS, create_model
 from unlearnable.training import TrainConfig, train
 
-# Expensive optimisation attacks are contract-tested on fewer images with their cheapest settings.
+# Expensive optimisation attacks are contract-tested on fewer images with their cheapest settings (and a narrow
+# surrogate, which also exercises the ``model_width`` path, the TAP / SEP cache of a non-default width included).
 ATTACK_TEST_OPTIONS: dict[str, dict] = {
-    "em": {"steps": 2, "max_rounds": 2, "train_steps": 2},
-    "tap": {"surrogate_epochs": 1, "steps": 2, "restarts": 1},
-    "sep": {"surrogate_epochs": 2, "checkpoints": 2, "steps": 2},
-    "rem": {"train_steps": 4, "steps": 2, "eot": 1, "adv_steps": 1},
+    "em": {"steps": 2, "max_rounds": 2, "train_steps": 2, "model_width": 8},
+    "tap": {"surrogate_epochs": 1, "steps": 2, "restarts": 1, "model_width": 8},
+    "sep": {"surrogate_epochs": 2, "checkpoints": 2, "steps": 2, "model_width": 8},
+    "rem": {"train_steps": 4, "steps": 2, "eot": 1, "adv_steps": 1, "model_width": 8},
     "deepconfuse": {"preset": "smoke"},
 }
 DEFENSE_TEST_OPTIONS: dict[str, dict] = {
@@ -131,6 +132,18 @@ def test_surrogate_attacks_refuse_classical_or_unknown_models(name):
         create_attack(name, model="svm-linear")
     with pytest.raises(UnlearnableError, match="known"):
         create_attack(name, model="resnet19")
+    with pytest.raises(UnlearnableError, match="resnet18 has no width option .*cnn, convnet"):
+        create_attack(name, model="resnet18", model_width=16)
+    with pytest.raises(UnlearnableError, match="model_width must be >= 1"):
+        create_attack(name, model_width=0)
+
+
+def test_surrogate_width_is_the_models_width(tiny):
+    from unlearnable.attacks.surrogate import make_surrogate
+
+    convs = [m for m in make_surrogate("cnn", tiny, torch.device("cpu"), width=8).modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 16, 32]
 
 
 def test_defense_bad_parameters():

@@ -51,6 +51,7 @@ class EM(Attack):
 
     mode: str = "sample"  # "sample" (one delta per image) or "class" (one per class)
     model: str = "cnn"  # surrogate architecture (registry name); the paper's is resnet18
+    model_width: int | None = None  # surrogate width (cnn, convnet); None: the architecture's default
     steps: int | None = None  # PGD steps per sweep; None: 20 sample-wise, 1 class-wise
     step_size: float | None = None  # None: eps / 10 (the official 0.8/255 at 8/255)
     train_steps: int = 10  # surrogate SGD steps per round
@@ -66,7 +67,7 @@ class EM(Attack):
     }
 
     def validate(self) -> None:
-        check_surrogate(self.model)
+        check_surrogate(self.model, self.model_width)
         check_choice("mode", self.mode, ("sample", "class"))
         check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
@@ -87,7 +88,7 @@ class EM(Attack):
         pgd = PGD(eps=self.eps, step_size=self.step_size or self.eps / 10,
                   steps=self.steps or (1 if self.classwise else 20))
         stop = self.stop_error if self.stop_error is not None else (0.1 if self.classwise else 0.01)
-        model = make_surrogate(self.model, data, device)
+        model = make_surrogate(self.model, data, device, self.model_width)
         cfg = TrainConfig(lr=self.lr, batch_size=self.batch_size, schedule="constant", augment=False,
                           label_smoothing=0.0, grad_clip=5.0, seed=self.seed, device=str(device))
         trainer = Trainer(model, cfg, total_steps=1, image_size=data.image_size[0], device=device, gen=gen)

@@ -58,6 +58,7 @@ class REM(Attack):
     """
 
     model: str = "cnn"  # surrogate architecture (the paper's: resnet18)
+    model_width: int | None = None  # surrogate width (cnn, convnet); None: the architecture's default
     steps: int = 10  # defensive PGD steps
     step_size: float | None = None  # None: 2 * eps / steps (official 1.6/255: 10 steps at 8/255)
     rho: float = 4 / 255  # radius of the adversarial offset the noise must survive (0: plain EM + EOT)
@@ -77,7 +78,7 @@ class REM(Attack):
     }
 
     def validate(self) -> None:
-        check_surrogate(self.model)
+        check_surrogate(self.model, self.model_width)
         check(self.steps >= 1 and self.eot >= 1 and self.adv_steps >= 0 and self.train_steps >= 0,
               "steps >= 1, eot >= 1, adv_steps >= 0 and train_steps >= 0 are required")
         check(0 <= self.rho <= 1, f"rho must lie in [0, 1], got {self.rho}")
@@ -98,7 +99,7 @@ class REM(Attack):
         if self.rho > 0 and self.adv_steps > 0:
             self._attack = PGD(eps=self.rho, step_size=self.adv_step_size or 2 * self.rho / self.adv_steps,
                                steps=self.adv_steps, maximize=True, random_start=True)
-        model = make_surrogate(self.model, data, device)
+        model = make_surrogate(self.model, data, device, self.model_width)
         cfg = TrainConfig(lr=self.lr, batch_size=self.batch_size, augment=False, label_smoothing=0.0,
                           seed=self.seed, device=str(device))
         trainer = Trainer(model, cfg, total_steps=self.train_steps, image_size=size, device=device, gen=gen,

@@ -36,6 +36,7 @@ class SEP(Attack):
     """
 
     model: str = "cnn"  # surrogate architecture
+    model_width: int | None = None  # surrogate width (cnn, convnet); None: the architecture's default
     surrogate_epochs: int = 30  # epochs of the one training run
     checkpoints: int = 30  # ensemble size, evenly spaced over the run
     steps: int = 30  # PGD iterations
@@ -48,7 +49,7 @@ class SEP(Attack):
                "paper": {"model": "resnet18", "surrogate_epochs": 120}}
 
     def validate(self) -> None:
-        check_surrogate(self.model)
+        check_surrogate(self.model, self.model_width)
         check(self.steps >= 1 and self.checkpoints >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, checkpoints, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
@@ -56,7 +57,8 @@ class SEP(Attack):
     def craft(self, data: ImageSet, index: np.ndarray):
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
-        models = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device, keep=self.checkpoints)
+        models = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device,
+                                 keep=self.checkpoints, width=self.model_width)
         step = self.step_size or max(self.eps / 8, 2 * self.eps / self.steps)
         pgd = PGD(eps=self.eps, step_size=step, steps=self.steps)
         return targeted_pgd(self, pgd, models, data, index, self.shift, 1, self.batch_size, None, gen, device,

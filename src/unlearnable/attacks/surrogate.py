@@ -3,6 +3,7 @@ attacks that need a model trained on CLEAN data: TAP, SEP) trained once and cach
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -20,17 +21,27 @@ from ..training import TrainConfig, train
 log = logging.getLogger(__name__)
 
 
-def check_surrogate(name: str) -> None:
-    """Fail early (when an attack is configured) on an unknown or non-differentiable surrogate architecture."""
-    MODELS.get(name)
+def check_surrogate(name: str, width: int | None = None) -> None:
+    """Fail early (when an attack is configured) on an unknown or non-differentiable surrogate architecture, or a
+    ``width`` the architecture has no option for."""
+    factory = MODELS.get(name)
     if name in CLASSICAL:
         raise UnlearnableError(f"{name} is a scikit-learn victim; a surrogate must be a torch model (e.g. cnn)")
+    if width is None:
+        return
+    if "width" not in inspect.signature(factory).parameters:
+        known = [n for n in MODELS if n not in CLASSICAL and "width" in inspect.signature(MODELS.get(n)).parameters]
+        raise UnlearnableError(f"surrogate {name} has no width option (model_width works with {', '.join(known)})")
+    if width < 1:
+        raise UnlearnableError(f"model_width must be >= 1, got {width}")
 
 
-def make_surrogate(name: str, data: ImageSet, device: torch.device) -> nn.Module:
-    """A fresh registry model ``name`` for ``data``'s channels, classes and image size, on ``device``."""
-    check_surrogate(name)
-    model = create_model(name, data.channels, data.num_classes, data.image_size[0])
+def make_surrogate(name: str, data: ImageSet, device: torch.device, width: int | None = None) -> nn.Module:
+    """A fresh registry model ``name`` for ``data``'s channels, classes and image size, on ``device``; ``width``
+    (architectures that have one: ``cnn``, ``convnet``) overrides the model's default width."""
+    check_surrogate(name, width)
+    kwargs = {} if width is None else {"width": width}
+    model = create_model(name, data.channels, data.num_classes, data.image_size[0], **kwargs)
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -54,13 +65,14 @@ KEEP_ALL_EPOCHS_BYTES = 64 * 2**20
 
 
 def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: torch.device,
-                    keep: int = 1) -> list[nn.Module]:
+                    keep: int = 1, width: int | None = None) -> list[nn.Module]:
     """Train ``name`` on the clean ``data`` with the package's trainer; return ``keep`` checkpoints taken at evenly
     spaced epochs, ending with the final model. Cached epoch by epoch under ``cache_dir()/surrogates``: a second
     attack on the same data, architecture, epochs and seed reuses the run when the epochs it needs are there."""
     keep = max(1, min(keep, epochs))
     at = sorted({int(round(e)) for e in np.linspace(epochs / keep, epochs, keep)})
-    run = cache_dir() / "surrogates" / f"{data.fingerprint()}-{name}-e{epochs}-s{seed}"
+    arch = name if width is None else f"{name}-w{width}"
+    run = cache_dir() / "surrogates" / f"{data.fingerprint()}-{arch}-e{epochs}-s{seed}"
     states = _load_epochs(run, at)
     if states is None:
         states = {}
@@ -75,14 +87,14 @@ def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: t
 
         torch.manual_seed(seed)  # the initialisation, whatever the caller drew before (TAP and SEP: the same seed)
         # an interrupted run resumes after its last finished epoch; the epochs it kept before are in the cache
-        train(data, None, make_surrogate(name, data, device), cfg, description=f"surrogate {name}", on_epoch=snapshot,
-              state_path=run / "training.pt" if _writable(run) else None)
+        train(data, None, make_surrogate(name, data, device, width), cfg, description=f"surrogate {arch}",
+              on_epoch=snapshot, state_path=run / "training.pt" if _writable(run) else None)
         missing = [e for e in at if e not in states]
         if missing:
             states.update(_load_epochs(run, missing) or {})
     models = []
     for epoch in at:
-        m = make_surrogate(name, data, device)
+        m = make_surrogate(name, data, device, width)
         m.load_state_dict(states[epoch])
         models.append(frozen(m))
     return models

@@ -37,6 +37,7 @@ class TAP(Attack):
     """
 
     model: str = "cnn"  # surrogate architecture, trained on clean data
+    model_width: int | None = None  # surrogate width (cnn, convnet); None: the architecture's default
     surrogate_epochs: int = 10  # its training epochs
     steps: int = 250  # PGD steps
     step_size: float | None = None  # None: 0.05 * eps (official tau = 0.05)
@@ -50,7 +51,7 @@ class TAP(Attack):
                                                                                  "surrogate_epochs": 40}}
 
     def validate(self) -> None:
-        check_surrogate(self.model)
+        check_surrogate(self.model, self.model_width)
         check(self.steps >= 1 and self.restarts >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, restarts, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
@@ -63,7 +64,7 @@ class TAP(Attack):
     def craft(self, data: ImageSet, index: np.ndarray):
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
-        (model,) = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device)
+        (model,) = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device, width=self.model_width)
         aug = differentiable_augment(data.image_size[0], default_flip(data.source)) if self.augment else None
         pgd = PGD(eps=self.eps, step_size=self._step_size(), steps=self.steps, random_start=True)
         return targeted_pgd(self, pgd, [model], data, index, self.shift, self.restarts, self.batch_size, aug, gen,

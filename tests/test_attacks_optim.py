@@ -98,7 +98,7 @@ def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     from unlearnable.attacks.em import EM
 
     sub = data.take(300, seed=1)
-    opts = dict(eps=EPS, mode="sample", steps=2, max_rounds=3, train_steps=2, seed=4, stop_error=0.0)
+    opts = dict(eps=EPS, mode="sample", steps=2, max_rounds=3, train_steps=2, seed=4, stop_error=0.0, model_width=8)
     full = create_attack("em", **opts).poison(sub)
     # crash in round 3, after the state saved at the end of round 2
     resumed = crash(partial(create_attack, "em", **opts), "poison", sub, tmp_path / "state.pt", (EM, "_sweep", 3),
@@ -119,7 +119,8 @@ def test_rem_resumes_where_it_was_interrupted(tmp_path, data, crash):
     from unlearnable.attacks.rem import REM
 
     sub = data.take(200, seed=1)
-    opts = dict(eps=EPS, train_steps=4, model_checkpoint_every=2, steps=2, eot=1, adv_steps=1, batch_size=64, seed=3)
+    opts = dict(eps=EPS, train_steps=4, model_checkpoint_every=2, steps=2, eot=1, adv_steps=1, batch_size=64, seed=3,
+                model_width=8)
     full = create_attack("rem", **opts).poison(sub)
     # crash after the state saved at step 2
     resumed = crash(partial(create_attack, "rem", **opts), "poison", sub, tmp_path / "state.pt",

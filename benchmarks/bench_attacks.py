@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=0)
     ap.add_argument("--victim", default="cnn")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
     ap.add_argument("--no-clean", action="store_true", help="skip the clean reference run")
     ap.add_argument("--json", default="benchmarks/results/attacks.jsonl")
     ap.add_argument("--save", default="", help="directory to keep each poisoned set in (for defense benchmarks)")
@@ -54,7 +54,7 @@ def main() -> None:
         emit(rows[-1], args.json)
     for eps_text in args.eps.split(","):
         eps = parse_eps(eps_text if "/" in eps_text or "." in eps_text else f"{eps_text}/255")
-        attack = create_attack(args.attack, eps=eps, seed=args.seed, **options)
+        attack = create_attack(args.attack, eps=eps, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
         poisoned = attack.poison(train_set)
         craft = time.perf_counter() - t0

@@ -51,7 +51,7 @@ def main() -> None:
                     help="neural victims' batch (a small subset needs a smaller one to take enough steps)")
     ap.add_argument("--lr", type=float, default=TrainConfig.lr, help="neural victims' peak learning rate")
     ap.add_argument("--subset", type=int, default=0, help="train victims on a seeded subset of N images")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
     ap.add_argument("--batch-sizes", default="256,1024", help="`speed`: protect batch sizes")
     ap.add_argument("--repeats", type=int, default=3, help="`speed`: timed runs per batch size (the best counts)")
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
@@ -72,7 +72,7 @@ def main() -> None:
 
     if args.experiment in ("train", "eps-sweep"):
         for eps in map(float, args.eps.split(",")):
-            attack = create_attack("deepconfuse", eps=eps, seed=args.seed, **options)
+            attack = create_attack("deepconfuse", eps=eps, **{"seed": args.seed, **options})
             t0 = time.perf_counter()
             attack.fit(train_set)
             seconds = time.perf_counter() - t0

@@ -35,7 +35,7 @@ def main() -> None:
                     help="dvae only: also train a victim on the clean images + the fitted stage 1's p_hat")
     ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
     ap.add_argument("--json", default="benchmarks/results/defenses.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -58,7 +58,7 @@ def main() -> None:
     for name, data in jobs:
         _, test = load(data.source)
         before = train(data, test, "cnn", cfg).test_acc
-        defense = create_defense(args.defense, seed=args.seed, **options)
+        defense = create_defense(args.defense, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
         purified = defense.fit_transform(data)
         seconds = time.perf_counter() - t0

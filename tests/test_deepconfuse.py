@@ -98,6 +98,39 @@ def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, m
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
 
 
+def test_time_limit_starts_no_trial_that_would_end_past_it(tiny_set, monkeypatch):
+    # a fake clock: each trial takes 100 s. With a limit of 350 s, trial 4 would end at ~400 s: it must not start
+    # (the rule until 2026-12-01, "no trial starts after the limit", began it at 300 s and ran to 400 s)
+    import contextlib
+    import types
+
+    import unlearnable.attacks.deepconfuse as module
+
+    clock = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def score(self, g, d, t, h, trial):
+        clock[0] += 100.0
+        return {"clean_acc": 0.5, "target_rate": 0.0}
+
+    monkeypatch.setattr(DeepConfuse, "_score", score)
+    totals = []  # the progress bar is resized to the trials the limit allows
+
+    @contextlib.contextmanager
+    def task(description, total):
+        totals.append(total)
+        yield lambda n=1, status=None, total=None: totals.append(total) if total is not None else None
+
+    monkeypatch.setattr(module.progress, "task", task)
+    attack = DeepConfuse(**{**TINY, "trials": 6, "time_limit": 350.0})
+    attack.fit(tiny_set)
+    assert len(attack.history_) == 3
+    assert totals[0] == 6 * totals[1] / 3 and set(totals[1:]) == {totals[1]}  # 6 trials announced, then 3
+    attack = DeepConfuse(**{**TINY, "trials": 6, "time_limit": 400.0})  # trial 4 ends at the limit: it runs
+    attack.fit(tiny_set)
+    assert len(attack.history_) == 4
+
+
 def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
     attack, _ = tiny
     path = attack.save_generator(tmp_path / "g.safetensors")

@@ -23,7 +23,8 @@ def set_enabled(value: bool | None) -> None:
 
 @contextlib.contextmanager
 def task(description: str, total: float | None) -> Iterator[Callable[..., None]]:
-    """``with task("training", total=n) as advance: advance(1, status="...")``."""
+    """``with task("training", total=n) as advance: advance(1, status="...")``; ``advance(0, total=m)`` resizes
+    the bar when the work turns out shorter (or longer) than announced."""
     if not enabled():
         yield lambda *a, **k: None
         return
@@ -35,8 +36,11 @@ def task(description: str, total: float | None) -> Iterator[Callable[..., None]]
                   console=_console()) as bar:
         tid = bar.add_task(description, total=total, status="")
 
-        def advance(n: float = 1, status: str | None = None) -> None:
-            bar.update(tid, advance=n, **({"status": status} if status is not None else {}))
+        def advance(n: float = 1, status: str | None = None, total: float | None = None) -> None:
+            extra = {"status": status} if status is not None else {}
+            if total is not None:
+                extra["total"] = total
+            bar.update(tid, advance=n, **extra)
 
         yield advance
 

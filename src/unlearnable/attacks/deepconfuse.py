@@ -32,15 +32,20 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   why ``ae`` stays our generic layout that sizes itself to any input; and the paper's own victim protocol (Adam
   0.01, batch 64, 2 epochs, no augmentation) recovers more from that generator (``lenet`` 55.0%, ``cnn`` 64.8%)
   than our recipe does (40.9%; 46.5% without flips);
-- the ``fast`` preset now (4 trials of 4 epochs; the same 1,504 generator steps with a quarter of the scoring runs;
-  Zen 1 EPYC, idle, 2 threads, BENCHMARKS.md session 13): 824-831 s, victim 29.5% / 27.6% (attack and victim seeds
-  0 / 1), and the victim no longer recovers as it trains (54.5 -> 29.5% and 24.9 -> 27.6% from its first epoch to
-  its third): the generator has met classifiers in later stages of training;
+- the ``fast`` preset since 2026-11-30 (trials of 4 epochs; the same 1,504 generator steps as 16 of 1 with a
+  quarter of the scoring runs; Zen 1 EPYC, idle, 2 threads, BENCHMARKS.md session 13): 4 trials in 824-831 s,
+  victim 29.5% / 27.6% (attack and victim seeds 0 / 1), and the victim no longer recovers as it trains (54.5 ->
+  29.5% and 24.9 -> 27.6% from its first epoch to its third): the generator has met classifiers in later stages of
+  training. On two AMX Xeons (bf16 scoring victims, BENCHMARKS.md sessions 20-22) the same 4 trials took 276-420 s
+  and left 62.5% / 59.1%; up to 8 trials now fit the 900 s limit there (546-811 s) and gave 37.8% / 59.1%. The
+  trial score is a poor judge: at seed 1 the full victim on each of the 8 trials' generators reached 59.1 / 35.8 /
+  31.9 / 21.6 / 15.6 / 35.3 / 46.9 / 26.6%, and the scoring victim picked the first;
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and
   keeps freed memory (session 15); ~8% more on 28x28 with the one-channel output conv as a depthwise conv and a
-  channel sum (4,300-4,570 in session 16, with the machine's spread). On an H200 GPU (BENCHMARKS.md, session 14):
+  channel sum (4,300-4,570 in session 16, with the machine's spread); 12,150 on an AMX Xeon (fp32,
+  batch 256, session 21). On an H200 GPU (BENCHMARKS.md, session 14):
   188,000 images/s on 28x28 (batch 1,024), 34,000 on 32x32x3 (batch 256);
 - with a GPU's budget (H200, ``preset="fast", train_size=0``: 4 trials of 4 epochs over all 59,000 images, 7,376
   steps, ~6 minutes shared with other jobs): victim 15.55% at eps 0.3, every trial's scoring victim lower than the
@@ -293,8 +298,9 @@ class DeepConfuse(Attack):
 
     Presets: ``fast`` — a CPU budget of ~15 minutes for 28x28 data (measured numbers in the module docstring);
     ``smoke`` — a few seconds, for contract tests. Alternating-update batches are drawn with replacement.
-    ``time_limit`` stops starting new trials after that many seconds; when it cuts a run short the result depends
-    on the machine's speed, not only on ``seed``.
+    ``time_limit`` bounds the seconds of training: a trial starts only if, at the mean pace of the trials so far,
+    it would end within the limit; when it cuts a run short the result depends on the machine's speed, not only
+    on ``seed``.
 
     >>> attack = DeepConfuse(eps=0.3, preset="fast", seed=0)
     >>> poisoned = attack.poison(train)
@@ -317,17 +323,19 @@ class DeepConfuse(Attack):
     score_size: int = 0  # poisoned samples a scoring victim trains on (0: all but the holdout)
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
     victim: str = "cnn"  # scoring victim architecture
-    time_limit: float = 0.0  # stop starting new trials after this many seconds of generator training (0: none)
+    time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
 
     name = "deepconfuse"
     presets = {
-        # CPU budget for 28x28 data: ~15 minutes on 2 cores whatever the set size (numbers in the module docstring).
-        # 4 trials of 376 alternating steps (4 epochs of 12,000 images, batch 128; the official trial is 938 steps)
-        # and a larger generator step than the paper's (Adam 3e-3 vs 1e-4, classifier lr 0.1 vs 0.01). Until
-        # 2026-11-30 it was 16 trials of 94 steps: the same steps, but the generator only ever met classifiers in
-        # their first 94 steps, and full victims recovered (40.7-43.8% at eps 0.3 vs 27.6-29.5% now; BENCHMARKS.md).
-        "fast": dict(trials=4, epochs_per_trial=4.0, batch_size=128, lr=0.1, gen_lr=3e-3, train_size=12000,
-                     holdout=1000, score_size=6000, score_epochs=2, time_limit=840.0),
+        # CPU budget for 28x28 data: at most 15 minutes on 2 cores whatever the set size (numbers in the module
+        # docstring). Up to 8 trials of 376 alternating steps (4 epochs of 12,000 images, batch 128; the official
+        # trial is 938 steps), as many as end within 900 s: 4 on the slowest CPU we have (a Zen 1, ~207 s a
+        # trial), 8 on an AMX Xeon (~101 s), where 8 instead of 4 took the victim from 62.5% to 37.8% at eps 0.3.
+        # A larger generator step than the paper's (Adam 3e-3 vs 1e-4, classifier lr 0.1 vs 0.01). Until
+        # 2026-11-30 it was 16 trials of 94 steps: the generator only ever met classifiers in their first 94
+        # steps, and full victims recovered (40.7-43.8% at eps 0.3 vs 27.6-29.5% on the Zen 1; BENCHMARKS.md).
+        "fast": dict(trials=8, epochs_per_trial=4.0, batch_size=128, lr=0.1, gen_lr=3e-3, train_size=12000,
+                     holdout=1000, score_size=6000, score_epochs=2, time_limit=900.0),
         # Seconds, not an attack: exercises every code path (contract tests, CLI smoke runs; needs > 100 samples).
         "smoke": dict(trials=2, epochs_per_trial=0.25, batch_size=64, holdout=100, score_size=300, score_epochs=1),
     }
@@ -408,9 +416,12 @@ class DeepConfuse(Attack):
             advance(first_trial * steps + first_step)
             for trial in range(first_trial, self.trials):
                 mid_trial = state is not None and first_step and trial == first_trial  # resumed inside this trial
-                if self.time_limit and trial and not mid_trial and time.perf_counter() - t0 > self.time_limit:
-                    log.info("deepconfuse: time limit reached after %d trials", trial)
-                    break
+                if self.time_limit and trial and not mid_trial:
+                    spent = time.perf_counter() - t0  # no trial starts that would end past the limit at this pace
+                    if spent * (trial + 1) / trial > self.time_limit:
+                        log.info("deepconfuse: %d trials in %.0f s; one more would pass the time limit of %.0f s",
+                                 trial, spent, self.time_limit)
+                        break
                 clf = self._classifier(data, device)
                 trainer = Trainer(clf, cfg, steps, data.image_size[0], flip=default_flip(data.source),
                                   device=device, gen=gen)
@@ -433,7 +444,11 @@ class DeepConfuse(Attack):
                 score = self._score(g_frozen, data, train_idx, hold_idx, trial)
                 self.history_.append({"trial": trial + 1, **score, "seconds": round(time.perf_counter() - t0, 1)})
                 log.info("deepconfuse trial %d: %s", trial + 1, self.history_[-1])
-                advance(0, status=f"acc {score['clean_acc']:.1%}")
+                bar_total = None
+                if self.time_limit:  # the bar shows the trials that the time limit will let run at this pace
+                    pace = (time.perf_counter() - t0) / (trial + 1)
+                    bar_total = min(self.trials, max(trial + 1, int(self.time_limit / pace))) * steps
+                advance(0, status=f"acc {score['clean_acc']:.1%}", total=bar_total)
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
                     best, self.generator_ = key, copy.deepcopy(g_frozen).eval()

@@ -39,7 +39,9 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   training. On two AMX Xeons (bf16 scoring victims, BENCHMARKS.md sessions 20-22) the same 4 trials took 276-420 s
   and left 62.5% / 59.1%; up to 8 trials now fit the 900 s limit there (546-811 s) and gave 37.8% / 59.1%. The
   trial score is a poor judge: at seed 1 the full victim on each of the 8 trials' generators reached 59.1 / 35.8 /
-  31.9 / 21.6 / 15.6 / 35.3 / 46.9 / 26.6%, and the scoring victim picked the first;
+  31.9 / 21.6 / 15.6 / 35.3 / 46.9 / 26.6%, and the scoring victim (2 epochs on 6,000 images) picked the first;
+  a scoring victim of 3 epochs on the generator's 12,000 images ranks them as the full victim does and is the
+  preset's since 2026-12-04: 28.7% / 15.6% at seeds 0 / 1 on the AMX Xeon (623 s for 8 trials);
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and
@@ -320,7 +322,7 @@ class DeepConfuse(Attack):
     targeted: bool = False  # push the victim towards eta(y) = (y + 1) mod C instead of away from y
     train_size: int = 0  # samples the generator trains on (0: all but the holdout)
     holdout: int = 1000  # clean samples set aside to score trials
-    score_size: int = 0  # poisoned samples a scoring victim trains on (0: all but the holdout)
+    score_size: int = 0  # poisoned samples a scoring victim trains on (0: all the generator trains on)
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
     victim: str = "cnn"  # scoring victim architecture
     time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
@@ -329,13 +331,15 @@ class DeepConfuse(Attack):
     presets = {
         # CPU budget for 28x28 data: at most 15 minutes on 2 cores whatever the set size (numbers in the module
         # docstring). Up to 8 trials of 376 alternating steps (4 epochs of 12,000 images, batch 128; the official
-        # trial is 938 steps), as many as end within 900 s: 4 on the slowest CPU we have (a Zen 1, ~207 s a
-        # trial), 8 on an AMX Xeon (~101 s), where 8 instead of 4 took the victim from 62.5% to 37.8% at eps 0.3.
-        # A larger generator step than the paper's (Adam 3e-3 vs 1e-4, classifier lr 0.1 vs 0.01). Until
-        # 2026-11-30 it was 16 trials of 94 steps: the generator only ever met classifiers in their first 94
-        # steps, and full victims recovered (40.7-43.8% at eps 0.3 vs 27.6-29.5% on the Zen 1; BENCHMARKS.md).
+        # trial is 938 steps), as many as end within 900 s: 3-4 on the slowest CPU we have (a Zen 1, ~207 s a
+        # trial), 8 on an AMX Xeon (~78 s). Each trial is scored by a victim of 3 epochs on the generator's 12,000
+        # images (141 SGD steps; until 2026-12-04 2 epochs on 6,000, 47 steps, which ranked the 8 generators of
+        # one run against the full victim with Spearman -0.31, now 1.00): at eps 0.3 on the AMX Xeon the victim
+        # went from 37.8% / 59.1% to 28.7% / 15.6% (seeds 0 / 1). A larger generator step than the paper's (Adam
+        # 3e-3 vs 1e-4, classifier lr 0.1 vs 0.01). Until 2026-11-30 it was 16 trials of 94 steps: the generator
+        # only ever met classifiers in their first 94 steps, and full victims recovered (BENCHMARKS.md).
         "fast": dict(trials=8, epochs_per_trial=4.0, batch_size=128, lr=0.1, gen_lr=3e-3, train_size=12000,
-                     holdout=1000, score_size=6000, score_epochs=2, time_limit=900.0),
+                     holdout=1000, score_size=0, score_epochs=3, time_limit=900.0),
         # Seconds, not an attack: exercises every code path (contract tests, CLI smoke runs; needs > 100 samples).
         "smoke": dict(trials=2, epochs_per_trial=0.25, batch_size=64, holdout=100, score_size=300, score_epochs=1),
     }

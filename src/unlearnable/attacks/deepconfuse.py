@@ -421,8 +421,8 @@ class DeepConfuse(Attack):
             for trial in range(first_trial, self.trials):
                 mid_trial = state is not None and first_step and trial == first_trial  # resumed inside this trial
                 if self.time_limit and trial and not mid_trial:
-                    spent = time.perf_counter() - t0  # no trial starts that would end past the limit at this pace
-                    if spent * (trial + 1) / trial > self.time_limit:
+                    spent = time.perf_counter() - t0
+                    if self._trials_within_limit(spent, trial) <= trial:
                         log.info("deepconfuse: %d trials in %.0f s; one more would pass the time limit of %.0f s",
                                  trial, spent, self.time_limit)
                         break
@@ -448,10 +448,9 @@ class DeepConfuse(Attack):
                 score = self._score(g_frozen, data, train_idx, hold_idx, trial)
                 self.history_.append({"trial": trial + 1, **score, "seconds": round(time.perf_counter() - t0, 1)})
                 log.info("deepconfuse trial %d: %s", trial + 1, self.history_[-1])
-                bar_total = None
-                if self.time_limit:  # the bar shows the trials that the time limit will let run at this pace
-                    pace = (time.perf_counter() - t0) / (trial + 1)
-                    bar_total = min(self.trials, max(trial + 1, int(self.time_limit / pace))) * steps
+                bar_total = None  # the bar shows the trials that the time limit will let run
+                if self.time_limit:
+                    bar_total = max(trial + 1, self._trials_within_limit(time.perf_counter() - t0, trial + 1)) * steps
                 advance(0, status=f"acc {score['clean_acc']:.1%}", total=bar_total)
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
@@ -461,6 +460,10 @@ class DeepConfuse(Attack):
         self.generator_.cpu().eval()
         self.clear_state()
         return self
+
+    def _trials_within_limit(self, seconds: float, done: int) -> int:
+        """How many trials end within :attr:`time_limit` at the pace of the ``done`` trials that took ``seconds``."""
+        return min(self.trials, int(self.time_limit * done / seconds)) if seconds > 0 else self.trials
 
     def _step(self, trainer, g_train, g_frozen, g_opt, x, y, num_classes) -> None:
         """One alternating update: differentiable pseudo-step, generator step, real classifier step."""

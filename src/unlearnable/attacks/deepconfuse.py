@@ -41,7 +41,9 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   trial score is a poor judge: at seed 1 the full victim on each of the 8 trials' generators reached 59.1 / 35.8 /
   31.9 / 21.6 / 15.6 / 35.3 / 46.9 / 26.6%, and the scoring victim (2 epochs on 6,000 images) picked the first;
   a scoring victim of 3 epochs on the generator's 12,000 images ranks them as the full victim does and is the
-  preset's since 2026-12-04: 28.7% / 15.6% at seeds 0 / 1 on the AMX Xeon (623 s for 8 trials);
+  preset's since 2026-12-04: 28.7% / 15.6% at seeds 0 / 1 on the AMX Xeon (623 s for 8 trials). Its seed-0
+  generator also leaves ``convnet`` 40.0%, ``svm-linear`` 17.1%, ``svm-rbf`` 19.9%, ``random-forest`` 6.3%
+  (session 24), and with ``targeted=True`` 20.3% of clean test images land on eta(y) (victim 26.9%);
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and

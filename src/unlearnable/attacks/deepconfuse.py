@@ -46,7 +46,7 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   (session 24), and with ``targeted=True`` 20.3% of clean test images land on eta(y) (victim 26.9%). What is left
   is a victim that learns through the perturbation as it trains: 12,000 protected images train it to 6.8% in 3
   epochs and 32.6% in 10 (8.4% / 38.9% on images the generator never saw); trials twice as long (4 of 8 epochs, the
-  same steps) did worse, 42.9% / 31.4% at seeds 0 / 1 (session 25);
+  same steps) did worse, 42.9% / 31.4% at seeds 0 / 1, and a 3x surrogate step (``lr=0.3``) 28.0% / 21.1% (session 25);
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and

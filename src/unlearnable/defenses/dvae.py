@@ -87,7 +87,7 @@ with it up to 0.76 after 12 epochs): the official rate limit leaves room for it 
 recovery comes from coarse stage-2 reconstructions, not from the perturbation decoder. So a third epoch a stage does
 not help there (AMX Xeon, session 25: class-wise EM -> 84.4% / 79.0% at seeds 0 / 1 against 83.5% / 87.4% with two).
 The seed matters as much: with two epochs, seeds 0-4 give 83.5 / 87.4 / 86.5 / 87.6 / 86.0% (mean 86.2%, clean
-91.6%), and the clean split loses 2.2 / 2.5 / 3.0 points at seeds 0-2, 2.3 at seed 0 in fp32 (session 26)."""
+91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26)."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

@@ -87,7 +87,10 @@ with it up to 0.76 after 12 epochs): the official rate limit leaves room for it 
 recovery comes from coarse stage-2 reconstructions, not from the perturbation decoder. So a third epoch a stage does
 not help there (AMX Xeon, session 25: class-wise EM -> 84.4% / 79.0% at seeds 0 / 1 against 83.5% / 87.4% with two).
 The seed matters as much: with two epochs, seeds 0-4 give 83.5 / 87.4 / 86.5 / 87.6 / 86.0% (mean 86.2%, clean
-91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26)."""
+91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26).
+That price is the stage-2 reconstruction's own: on an H200 (five seeds each, session 27) it stays at 2.2-2.4 points
+with the stage-2 limit eight times looser (``kld_2=24``, which also lets class-wise EM through at one seed) or with
+the reconstruction alone (``skip=s1,i2``), so the official limits and steps stay."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

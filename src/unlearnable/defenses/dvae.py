@@ -99,8 +99,8 @@ price is the preset's capacity and steps, not the method's: the official width a
 (``width=64, epochs=8, batch_size=128``; ~105 s on an H200, far over 10 minutes on two cores) cost clean images
 0.69 points and recovered class-wise EM 8/255 to 90.25% against 91.69% clean (seed 0; session 28). Half of that on
 two cores, ``width=32, epochs=4, batch_size=128`` (18 min for both stages on an AMX Xeon, 1.96 GB): clean images lost
-0.56 points and class-wise EM 8/255 came back to 88.81% against 91.64% (seed 0; session 28): the measured choice
-when clean fidelity matters more than time; not yet a preset (one seed)."""
+0.56 points and class-wise EM 8/255 came back to 88.81% against 91.64%, but sample-wise EM to 85.74% where ``fast``
+gave 87.77% (seed 0; session 28): an option when clean fidelity matters more than time, not a preset."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

@@ -139,6 +139,10 @@ def test_npz_source_and_mismatch(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(UnlearnableError, match="unknown dataset"):
         load_dataset("imagenet-1k")
+    with pytest.raises(UnlearnableError, match="takes no ':subset=5'"):  # was silently ignored: the whole set ran
+        load_dataset("fashion-mnist:subset=5")
+    with pytest.raises(UnlearnableError, match="needs a path"):
+        load_dataset("folder:")
 
 
 @pytest.mark.parametrize("text,unit,value", [("8/255", "unit", 8 / 255), ("0.031", "unit", 0.031),

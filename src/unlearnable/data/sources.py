@@ -43,6 +43,9 @@ def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
     loader = DATASETS.get(name)
     if name in ("folder", "npz") and not arg:
         raise UnlearnableError(f"dataset spec {spec!r} needs a path: {name}:PATH")
+    if arg and name not in ("folder", "npz"):
+        raise UnlearnableError(f"dataset {name!r} takes no ':{arg}' (only folder:PATH and npz:PATH take a path; "
+                               "for a subset use --subset N)")
     train, test = loader(arg) if name in ("folder", "npz") else loader()
     for part in (train, test):
         part.source = spec

@@ -69,38 +69,40 @@ lambda and the limits stay official. Measured on full Fashion-MNIST (60,000 imag
 with other work, bf16 autocast): 0.37-0.40 s per step, 88 s per epoch, 23 s per inference pass; the whole
 ``fit_transform`` took 409 s (6.8 min). With both cores free, 2 threads are faster still; with 2 threads on the
 shared, busy machine a training step took 2-3 s (OpenMP threads waiting on each other; inference still sped up to
-13.5 s per pass), so prefer 1 thread (OMP_NUM_THREADS=1) when the cores are
-shared. On that run (class-wise noise 64/255 on all 60,000 images) the default victim went from 11.4% (poisoned)
-to 71.8% test accuracy (purified). Idle 2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS;
-class-wise EM 30.7% -> 88.2% against 92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min
-for the whole `purify` command, 2.08 GB, class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower
-Zen 1 (float32) 18.4 min and, since stage 1's ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session
-15). On a slow CPU ``width=8`` halves the time at a price (Zen 1, session 18: 9.2 min; class-wise EM -> 86.5%
-against 87.7% at ``width=16``; clean images lose 2.0 points at either width, 91.6% -> 89.6%). The preset is
-sized for 60,000 grey images (468 steps a stage): on 20,000 colour 32 x 32 images it is far too short (EM 18.7% ->
-42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give colour data many more epochs and
-width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s for both stages and gave back
-71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md, session 14). Caveat
-(BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does not point at a class-wise EM poison
-(cosine -0.3..0.2 per class) and a longer-trained VAE reconstructs the pattern instead (cosine of ``x_hat - x_clean``
-with it up to 0.76 after 12 epochs): the official rate limit leaves room for it on simple grey images, so there the
-recovery comes from coarse stage-2 reconstructions, not from the perturbation decoder. So a third epoch a stage does
-not help there (AMX Xeon, session 25: class-wise EM -> 84.4% / 79.0% at seeds 0 / 1 against 83.5% / 87.4% with two).
-The seed matters as much: with two epochs, seeds 0-4 give 83.5 / 87.4 / 86.5 / 87.6 / 86.0% (mean 86.2%, clean
-91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26).
-That price is the stage-2 reconstruction's own: on an H200 (five seeds each, session 27) it stays at 2.2-2.4 points
-with the stage-2 limit eight times looser (``kld_2=24``, which also lets class-wise EM through at one seed) or with
-the reconstruction alone (``skip=s1,i2``), so the official limits and steps stay. ``width=24`` takes twice the time
-(8 min on an AMX Xeon) and recovered more against class-wise EM (seeds 0-4: 86.3-88.3%, mean 87.6%, against 86.2%)
-at a clean price still over 2 points (mean 2.3 over seeds 0-2), but it lets more of a per-image perturbation
-through: against sample-wise EM 8/255 its five seeds gave 82.7-88.8% (mean 86.7%) against 87.2-88.8% (mean 88.0%)
-at ``width=16`` (H200, session 28; REM a tie, TAP and SEP +0.3 points), so the preset keeps ``width=16``. The
-price is the preset's capacity and steps, not the method's: the official width and batch with 8 epochs a stage
-(``width=64, epochs=8, batch_size=128``; ~105 s on an H200, far over 10 minutes on two cores) cost clean images
-0.69 points and recovered class-wise EM 8/255 to 90.25% against 91.69% clean (seed 0; session 28). Half of that on
-two cores, ``width=32, epochs=4, batch_size=128`` (18 min for both stages on an AMX Xeon, 1.96 GB): clean images lost
-0.56 points and class-wise EM 8/255 came back to 88.81% against 91.64%, but sample-wise EM to 85.74% where ``fast``
-gave 87.77% (seed 0; session 28): an option when clean fidelity matters more than time, not a preset."""
+13.5 s per pass), so prefer 1 thread (OMP_NUM_THREADS=1) when the cores are shared. On that run (class-wise noise
+64/255 on all 60,000 images) the default victim went from 11.4% (poisoned) to 71.8% test accuracy (purified). Idle
+2-core machine, 8/255 (BENCHMARKS.md): both stages 3.5-3.9 min, 1.8 GB RSS; class-wise EM 30.7% -> 88.2% against
+92.1% clean. On a later Xeon without native bf16 (float32): 9-10.5 min for the whole `purify` command, 2.08 GB,
+class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower Zen 1 (float32) 18.4 min and, since stage 1's
+``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session 15). On a slow CPU ``width=8`` halves the time at a
+price (Zen 1, session 18: 9.2 min; class-wise EM -> 86.5% against 87.7% at ``width=16``; clean images lose 2.0
+points at either width, 91.6% -> 89.6%). The preset is sized for 60,000 grey images (468 steps a stage): on 20,000
+colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give
+colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s
+for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM
+(BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does
+not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE reconstructs the pattern
+instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official rate limit leaves room for
+it on simple grey images, so there the recovery comes from coarse stage-2 reconstructions, not from the perturbation
+decoder. So a third epoch a stage does not help there (AMX Xeon, session 25: class-wise EM -> 84.4% / 79.0% at seeds
+0 / 1 against 83.5% / 87.4% with two). The seed matters as much: with two epochs, seeds 0-4 give 83.5 / 87.4 / 86.5
+/ 87.6 / 86.0% (mean 86.2%, clean 91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8;
+2.3 at seed 0 in fp32; session 26). That price is the stage-2 reconstruction's own: on an H200 (five seeds each,
+session 27) it stays at 2.2-2.4 points with the stage-2 limit eight times looser (``kld_2=24``, which also lets
+class-wise EM through at one seed) or with the reconstruction alone (``skip=s1,i2``), so the official limits and
+steps stay. ``width=24`` takes twice the time (8 min on an AMX Xeon) and recovered more against class-wise EM (seeds
+0-4: 86.3-88.3%, mean 87.6%, against 86.2%) at a clean price still over 2 points (mean 2.3 over seeds 0-2), but it
+lets more of a per-image perturbation through: against sample-wise EM 8/255 its five seeds gave 82.7-88.8% (mean
+86.7%) against 87.2-88.8% (mean 88.0%) at ``width=16`` (H200, session 28; REM a tie, TAP and SEP +0.3 points), so
+the preset keeps ``width=16``. More capacity and steps can lower the price at a given seed: the official width and
+batch with 8 epochs a stage (``width=64, epochs=8, batch_size=128``; ~105 s on an H200, far over 10 minutes on two
+cores) cost clean images 0.69 points and recovered class-wise EM 8/255 to 90.25% against 91.69% clean (seed 0;
+session 28). Half of that on two cores, ``width=32, epochs=4, batch_size=128`` (18 min for both stages on an AMX
+Xeon, 1.96 GB): clean images lost 0.56 points and class-wise EM 8/255 came back to 88.81% against 91.64%, but
+sample-wise EM to 85.74% where ``fast`` gave 87.77% (seed 0; session 28). It is no reliable option either: at seed 1
+it cost clean images 5.73 points, and batch 128 at ``width=16`` (twice the steps of ``fast``) left the purified
+clean split at 78% at seeds 1 and 2 (89.7% at seed 0), class- and sample-wise EM at 63-71% (session 29): on two
+cores more steps are a bet on the seed."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

@@ -41,12 +41,13 @@ def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
     """``(train, test)`` for a dataset spec such as ``fashion-mnist`` or ``folder:/data/pets``."""
     name, _, arg = spec.partition(":")
     loader = DATASETS.get(name)
-    if name in ("folder", "npz") and not arg:
+    takes_path = name in ("folder", "npz")
+    if takes_path and not arg:
         raise UnlearnableError(f"dataset spec {spec!r} needs a path: {name}:PATH")
-    if arg and name not in ("folder", "npz"):
+    if arg and not takes_path:
         raise UnlearnableError(f"dataset {name!r} takes no ':{arg}' (only folder:PATH and npz:PATH take a path; "
                                "for a subset use --subset N)")
-    train, test = loader(arg) if name in ("folder", "npz") else loader()
+    train, test = loader(arg) if takes_path else loader()
     for part in (train, test):
         part.source = spec
     return train, test

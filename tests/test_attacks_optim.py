@@ -97,6 +97,16 @@ def test_classwise_em_has_one_perturbation_per_class(poisoned, data):
         assert all(np.array_equal(m[i], ref[i]) for m, i in zip(members, inside & inside[0:1]))
 
 
+@pytest.mark.xdist_group(GROUP["em-class"])
+def test_set_check_tells_the_poisoned_set_from_the_clean_one(poisoned, data, small_test):
+    from unlearnable.detect import check_set
+
+    clean, bad = check_set(data, small_test), check_set(poisoned("em-class"), small_test)
+    print(f"set check, held-out vs clean test accuracy: clean {clean}, class-wise EM {bad}")
+    assert not clean["poisoned"] and clean["gap"] < clean["threshold"]
+    assert bad["poisoned"] and bad["gap"] > 0.1, bad
+
+
 def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     from unlearnable.attacks.em import EM
 

@@ -93,6 +93,7 @@ def test_folder_source_roundtrip(tmp_path, small_train, monkeypatch):
     train, test = load_dataset(f"folder:{tmp_path / 'tree' / 'train'}")
     assert len(train) + len(test) == 60 and train.channels == 1
     assert len(test) == 10  # the seeded 20% split, stratified: round(6 * 0.2) = 1 per class
+    assert test.provenance["carved"]  # drawn from the same images: `detect` will not use it as a clean reference
     # a root holding only train/ (the layout of the shared colour subset) is split the same way
     train2, test2 = load_dataset(f"folder:{tmp_path / 'tree'}")
     assert len(train2) == len(train) and len(test2) == len(test) and train2.classes == train.classes

@@ -174,14 +174,16 @@ def svhn() -> tuple[ImageSet, ImageSet]:
 # ------------------------------------------------------------------------------------------------- folder and npz
 def split_train_test(x: np.ndarray, y: np.ndarray, classes: list[str],
                      names: list[str] | None = None) -> tuple[ImageSet, ImageSet]:
-    """A seeded, stratified split: TEST_FRACTION of each class becomes the test set. ``names`` (one file name per
-    sample) follow their samples into ``provenance["file_names"]``."""
+    """A seeded, stratified split: TEST_FRACTION of each class becomes the test set, marked
+    ``provenance["carved"]``. ``names`` (one file name per sample) follow their samples into
+    ``provenance["file_names"]``."""
     rng = np.random.default_rng(SPLIT_SEED)
     test = np.zeros(len(y), dtype=bool)
     for c in range(len(classes)):
         members = np.flatnonzero(y == c)
         test[rng.permutation(members)[: int(round(len(members) * TEST_FRACTION))]] = True
     parts = ImageSet(x[~test], y[~test], classes, split="train"), ImageSet(x[test], y[test], classes, split="test")
+    parts[1].provenance["carved"] = True  # drawn from the same images as the training split (detect's set check)
     if names is not None:
         for part, mask in zip(parts, (~test, test)):
             part.provenance["file_names"] = [n for n, m in zip(names, mask) if m]

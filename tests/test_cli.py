@@ -211,6 +211,20 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
                                           "--scores", str(csv_path)))
 
 
+def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, small_train, small_test,
+                                                                    monkeypatch):
+    from unlearnable.data import export_png
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    export_png({"train": small_train.take(200)}, tmp_path / "alone")
+    out = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "simple", check_rc=0).stdout
+    assert "set: not checked" in out  # its test split would be carved out of the suspect images
+    export_png({"train": small_train.take(200), "test": small_test.take(100)}, tmp_path / "both")
+    res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'both'}", "--method", "simple", "--json",
+                         check_rc=0).stdout)
+    assert (res["set"]["heldout"], res["set"]["test"], res["set"]["poisoned"]) == (40, 100, False), res["set"]
+
+
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     out = tmp_path / "dc"
     run("poison", "--attack", "deepconfuse", "--set", "preset=smoke", "--eps", "0.3", "--subset", "300",

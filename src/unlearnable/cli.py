@@ -246,7 +246,8 @@ def detect(
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG histogram of the scores and threshold"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
+    """Say whether the set looks poisoned at all (a linear model's held-out accuracy against the clean test split),
+    then score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
     --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result."""
     from .data import load
     from .params import parse_sets
@@ -270,13 +271,17 @@ def detect(
     for path in (scores, plot):
         if path is not None:
             check_out_file(path, overwrite)
-    train, _ = load(data)
+    train, test = load(data)
+    from .data.store import is_saved_set
+    from .detect import check_set
     from .detect import detect as run_detect
 
+    # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
+    verdict = None if test.provenance.get("carved") and not is_saved_set(data) else check_set(train, test)
     state = _state_in_cache("detect", train) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, **options)
     changed = train.provenance.get("changed")
-    summary = result.summary(changed)
+    summary = {"set": verdict, **result.summary(changed)}
     if defense is not None:
         from .data import save_set
         from .detect import purify_flagged
@@ -296,7 +301,16 @@ def detect(
     if json_:
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})")
+    if verdict is None:
+        typer.echo(f"set: not checked ({data} has no test split of its own to compare with)")
+    else:
+        typer.echo(f"set: a linear model fitted on {len(train) - verdict['heldout']} of its images scores "
+                   f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
+                   f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
+                   f"{100 * verdict['threshold']:.1f}): "
+                   + ("it looks POISONED" if verdict["poisoned"] else "no sign of poisoning"))
+    typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})"
+               + ("" if verdict is None or verdict["poisoned"] else "; Otsu's rule splits even a clean set"))
     for k, v in summary.get("metrics", {}).items():
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "purified" in summary:

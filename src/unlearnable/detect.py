@@ -95,6 +95,17 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", check
     return np.sqrt((p.reshape(len(p), -1).astype(np.float64) ** 2).sum(1))
 
 
+def _simple_network(data: ImageSet, model: str, epochs: int, lr: float, batch_size: int, seed: int, device: str,
+                    description: str) -> torch.nn.Module:
+    """The simple network of Zhu et al. trained on ``data``: the package's trainer, no augmentation, no label
+    smoothing, no weight decay; returned in eval mode."""
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, label_smoothing=0.0, augment=False,
+                      weight_decay=0.0, amp=False, seed=seed, device=device, eval_every=10**6)
+    return train(data, None, model, cfg, description=description).model.eval()
+
+
 def simple_scores(data: ImageSet, model: str = "linear", epochs: int = 8, lr: float = 0.2, batch_size: int = 128,
                   seed: int = 0, device: str = "auto") -> np.ndarray:
     """``-log`` of each sample's cross-entropy under a tiny model briefly trained on ``data`` (Zhu, Yu & Gao,
@@ -106,11 +117,9 @@ def simple_scores(data: ImageSet, model: str = "linear", epochs: int = 8, lr: fl
     Otsu's rule needs: on raw losses it split off the clean samples' long tail and flagged ~95% of the set
     (accuracy 0.53); on log-losses accuracy 0.85 and F1 0.85 at 64/255 (0.70 / 0.67 at 32/255), ROC AUC 0.92 / 0.78.
     """
-    from .training import TrainConfig, resolve_device, train
+    from .training import resolve_device
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, label_smoothing=0.0, augment=False,
-                      weight_decay=0.0, amp=False, seed=seed, device=device)
-    net = train(data, None, model, cfg, description="simple-network detector").model.eval()
+    net = _simple_network(data, model, epochs, lr, batch_size, seed, device, "simple-network detector")
     dev = resolve_device(device)
     x, y = data.tensors(dev)
     losses = []
@@ -141,7 +150,7 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
     ``test`` must be clean and independent of ``data`` (a test split carved out of the suspect images cannot tell).
     Returns the accuracies, the gap, the threshold it was held against and ``poisoned``.
     """
-    from .training import TrainConfig, predict, train
+    from .training import predict
 
     if not 0 < holdout < 1:
         raise UnlearnableError(f"holdout must lie in (0, 1), got {holdout}")
@@ -151,9 +160,7 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
                                f"({len(data)} samples, holdout {holdout}, {len(test)} test samples)")
     perm = np.random.default_rng(seed).permutation(len(data))
     fit_part, val_part = data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, label_smoothing=0.0, augment=False,
-                      weight_decay=0.0, amp=False, seed=seed, device=device, eval_every=10**6)
-    net = train(fit_part, None, model, cfg, description="simple-network set check").model.eval()
+    net = _simple_network(fit_part, model, epochs, lr, batch_size, seed, device, "simple-network set check")
 
     def accuracy(part: ImageSet) -> float:
         return float((predict(net, torch.from_numpy(np.array(part.x))).cpu().numpy() == part.y).mean())

@@ -32,11 +32,14 @@ def main() -> None:
     ap.add_argument("--data", default="", help="dataset spec for --clean when no set is given")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the set check")
     ap.add_argument("--subset", type=int, default=0, help="check a seeded subset of this many images of each set")
+    ap.add_argument("--model", default="linear", help="the set check's simple network (a models registry name)")
+    ap.add_argument("--epochs", type=int, default=8, help="its epochs")
+    ap.add_argument("--lr", type=float, default=0.2, help="its peak learning rate")
     ap.add_argument("--per-sample", action="store_true", help="also run the simple-network per-sample detector")
     ap.add_argument("--json", default="benchmarks/results/detect.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    meta = run_meta(subset=args.subset)
+    meta = run_meta(subset=args.subset, model=args.model, epochs=args.epochs, lr=args.lr)
 
     jobs = []
     for p in args.sets:
@@ -56,7 +59,7 @@ def main() -> None:
             t0 = time.perf_counter()
             row = {"set": name, "attack": data.provenance.get("method", "clean"), "train": len(data), "seed": seed,
                    "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
-                   "set_check": check_set(data, test, seed=seed), "check_s": 0.0}
+                   "set_check": check_set(data, test, args.model, args.epochs, args.lr, seed=seed), "check_s": 0.0}
             row["check_s"] = round(time.perf_counter() - t0, 1)
             if args.per_sample and not args.subset and "changed" in data.provenance and seed == 0:
                 row["simple"] = detect(data, "simple").metrics(data.provenance["changed"])

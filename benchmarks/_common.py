@@ -27,3 +27,21 @@ def emit(row: dict, path: str | Path) -> dict:
     with path.open("a") as f:
         f.write(line + "\n")
     return row
+
+
+def set_jobs(sets, ratios: str = "", clean: bool = False, data: str = "", seed: int = 0) -> list:
+    """``(name, ImageSet)`` for each saved set, or for each of its ``ratios`` (comma-separated, ``data.partial`` with
+    ``seed``), plus the clean training split of the first set's source (or of ``data``) when ``clean``."""
+    from unlearnable.data import clean_counterpart, load, load_set, partial
+
+    jobs = []
+    for p in sets:
+        saved = load_set(p)
+        if not ratios:
+            jobs.append((str(p), saved))
+            continue
+        reference = clean_counterpart(saved)
+        jobs += [(f"{p}@{r}", partial(saved, float(r), seed=seed, clean=reference)) for r in ratios.split(",")]
+    if clean:
+        jobs.append(("clean", clean_counterpart(jobs[0][1]) if jobs else load(data)[0]))
+    return jobs

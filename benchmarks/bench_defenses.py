@@ -17,8 +17,8 @@ import argparse
 import logging
 import time
 
-from _common import emit, run_meta
-from unlearnable.data import clean_counterpart, load, load_set, partial
+from _common import emit, run_meta, set_jobs
+from unlearnable.data import load
 from unlearnable.defenses import create_defense
 from unlearnable.training import TrainConfig, train
 
@@ -43,19 +43,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
     meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs)
 
-    jobs = []
-    for p in args.sets:
-        data = load_set(p)
-        if not args.ratios:
-            jobs.append((str(p), data))
-            continue
-        clean = clean_counterpart(data)
-        jobs += [(f"{p}@{r}", partial(data, float(r), seed=args.seed, clean=clean)) for r in args.ratios.split(",")]
-    if args.clean:
-        source = jobs[0][1] if jobs else None
-        clean = clean_counterpart(source) if source is not None else load(args.data)[0]
-        jobs.append(("clean", clean))
-    for name, data in jobs:
+    for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data, seed=args.seed):
         _, test = load(data.source)
         before = train(data, test, "cnn", cfg).test_acc
         defense = create_defense(args.defense, **{"seed": args.seed, **options})

@@ -18,8 +18,8 @@ import argparse
 import logging
 import time
 
-from _common import emit, run_meta
-from unlearnable.data import clean_counterpart, load, load_set, partial
+from _common import emit, run_meta, set_jobs
+from unlearnable.data import load
 from unlearnable.detect import check_set, detect
 
 
@@ -41,17 +41,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     meta = run_meta(subset=args.subset, model=args.model, epochs=args.epochs, lr=args.lr)
 
-    jobs = []
-    for p in args.sets:
-        data = load_set(p)
-        if not args.ratios:
-            jobs.append((str(p), data))
-            continue
-        clean = clean_counterpart(data)
-        jobs += [(f"{p}@{r}", partial(data, float(r), clean=clean)) for r in args.ratios.split(",")]
-    if args.clean:
-        jobs.append(("clean", clean_counterpart(jobs[0][1]) if jobs else load(args.data)[0]))
-    for name, data in jobs:
+    for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data):
         _, test = load(data.source)
         if args.subset:
             data = data.take(args.subset)

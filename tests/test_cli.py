@@ -223,6 +223,8 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'both'}", "--method", "simple", "--json",
                          check_rc=0).stdout)
     assert (res["set"]["heldout"], res["set"]["test"], res["set"]["poisoned"]) == (40, 100, False), res["set"]
+    out = run("detect", "--data", f"folder:{tmp_path / 'both'}", "--method", "simple", check_rc=0).stdout
+    assert "a set this small hides gaps under the threshold" in out  # 40 held-out images: ~26 points of noise
 
 
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):

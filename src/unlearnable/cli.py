@@ -308,7 +308,9 @@ def detect(
                    f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
                    f"{100 * verdict['threshold']:.1f}): "
-                   + ("it looks POISONED" if verdict["poisoned"] else "no sign of poisoning"))
+                   + ("it looks POISONED" if verdict["poisoned"] else "no sign of poisoning"
+                      if verdict["threshold"] <= verdict["margin"] else
+                      "no sign of poisoning, but a set this small hides gaps under the threshold"))
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})"
                + ("" if verdict is None or verdict["poisoned"] else "; Otsu's rule splits even a clean set"))
     for k, v in summary.get("metrics", {}).items():

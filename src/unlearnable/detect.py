@@ -173,7 +173,8 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
     se = float(np.sqrt(held * (1 - held) / len(val_part) + clean * (1 - clean) / len(test)))
     threshold = max(margin, z * se)
     return {"model": model, "epochs": epochs, "heldout_acc": held, "test_acc": clean, "gap": held - clean,
-            "threshold": threshold, "heldout": len(val_part), "test": len(test), "poisoned": held - clean > threshold}
+            "threshold": threshold, "margin": margin, "heldout": len(val_part), "test": len(test),
+            "poisoned": held - clean > threshold}
 
 
 def otsu_threshold(scores: np.ndarray) -> float:

@@ -304,13 +304,16 @@ def detect(
     if verdict is None:
         typer.echo(f"set: not checked ({data} has no test split of its own to compare with)")
     else:
+        if verdict["poisoned"]:
+            answer = "it looks POISONED"
+        elif verdict["threshold"] > verdict["margin"]:  # the threshold is the sampling noise, not the margin
+            answer = "no sign of poisoning, but a set this small hides gaps under the threshold"
+        else:
+            answer = "no sign of poisoning"
         typer.echo(f"set: a linear model fitted on {len(train) - verdict['heldout']} of its images scores "
                    f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
-                   f"{100 * verdict['threshold']:.1f}): "
-                   + ("it looks POISONED" if verdict["poisoned"] else "no sign of poisoning"
-                      if verdict["threshold"] <= verdict["margin"] else
-                      "no sign of poisoning, but a set this small hides gaps under the threshold"))
+                   f"{100 * verdict['threshold']:.1f}): {answer}")
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})"
                + ("" if verdict is None or verdict["poisoned"] else "; Otsu's rule splits even a clean set"))
     for k, v in summary.get("metrics", {}).items():

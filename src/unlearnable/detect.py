@@ -154,7 +154,7 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
     ``test`` must be clean and independent of ``data`` (a test split carved out of the suspect images cannot tell).
     Returns the accuracies, the gap, the threshold it was held against and ``poisoned``.
     """
-    from .training import predict
+    from .training import evaluate
 
     if not 0 < holdout < 1:
         raise UnlearnableError(f"holdout must lie in (0, 1), got {holdout}")
@@ -165,11 +165,7 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
     perm = np.random.default_rng(seed).permutation(len(data))
     fit_part, val_part = data.subset(np.sort(perm[n_val:])), data.subset(np.sort(perm[:n_val]))
     net = _simple_network(fit_part, model, epochs, lr, batch_size, seed, device, "simple-network set check")
-
-    def accuracy(part: ImageSet) -> float:
-        return float((predict(net, torch.from_numpy(np.array(part.x))).cpu().numpy() == part.y).mean())
-
-    held, clean = accuracy(val_part), accuracy(test)
+    held, clean = evaluate(net, val_part), evaluate(net, test)
     se = float(np.sqrt(held * (1 - held) / len(val_part) + clean * (1 - clean) / len(test)))
     threshold = max(margin, z * se)
     return {"model": model, "epochs": epochs, "heldout_acc": held, "test_acc": clean, "gap": held - clean,

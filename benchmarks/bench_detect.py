@@ -1,15 +1,16 @@
 """Detection benchmark without purification: is the set poisoned at all, and which samples are.
 
     python benchmarks/bench_detect.py SET_DIR [SET_DIR ...] [--ratios 0.2,0.4,0.8] [--clean] [--seeds 0,1,2]
-                                      [--subset N] [--per-sample]
+                                      [--subset N] [--per-sample] [--contrast]
 
 For each saved set (and, with ``--ratios``, each set partially poisoned through ``data.partial``; with ``--clean``,
 the clean training split of the first set's source, or ``--data``): the set check of
 :func:`unlearnable.detect.check_set` (a linear model's held-out accuracy on the set against its accuracy on the
 clean test split; Zhu, Yu & Gao, AAAI 2024, Algorithm 1) at each seed of ``--seeds`` (the split and the model's
 initialisation), and with ``--per-sample`` the simple-network detector's accuracy / precision / recall / F1 / ROC AUC
-against the manifest's changed indices (not with ``--subset``). ``--subset N`` checks a seeded, class-balanced
-N-image subset of each set.
+against the manifest's changed indices (not with ``--subset``); with ``--contrast`` the same for the contrast
+detector (:func:`unlearnable.detect.contrast_detect`, trusted images: the clean test split), with its seconds, and
+on a clean set how many it flags. ``--subset N`` checks a seeded, class-balanced N-image subset of each set.
 Seconds per check, no victims: the whole grid over two sets takes about a minute on two cores.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="its epochs")
     ap.add_argument("--lr", type=float, default=0.2, help="its peak learning rate")
     ap.add_argument("--per-sample", action="store_true", help="also run the simple-network per-sample detector")
+    ap.add_argument("--contrast", action="store_true", help="also run the contrast per-sample detector")
     ap.add_argument("--json", default="benchmarks/results/detect.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -53,6 +55,11 @@ def main() -> None:
             row["check_s"] = round(time.perf_counter() - t0, 1)
             if args.per_sample and not args.subset and "changed" in data.provenance and seed == 0:
                 row["simple"] = detect(data, "simple").metrics(data.provenance["changed"])
+            if args.contrast and not args.subset and seed == 0:
+                t0 = time.perf_counter()
+                found = detect(data, "contrast", reference=test)
+                row["contrast"] = found.metrics(data.provenance.get("changed", []))
+                row["contrast_s"] = round(time.perf_counter() - t0, 1)
             emit({**meta, **row}, args.json)
 
 

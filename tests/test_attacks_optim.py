@@ -107,6 +107,20 @@ def test_set_check_tells_the_poisoned_set_from_the_clean_one(poisoned, data, sma
     assert bad["poisoned"] and bad["gap"] > 0.1, bad
 
 
+@pytest.mark.xdist_group(GROUP["em-class"])
+def test_contrast_detector_finds_the_poisoned_samples(poisoned, data, small_test):
+    from unlearnable.data import partial
+    from unlearnable.detect import detect
+
+    mixed = partial(poisoned("em-class"), 0.4, clean=data)
+    found = detect(mixed, "contrast", reference=small_test)
+    m = found.metrics(mixed.provenance["changed"])
+    clean = detect(data, "contrast", reference=small_test)
+    print(f"contrast detector, 40% class-wise EM {EPS * 255:.0f}/255: {m}; clean set: {len(clean.flagged)} flagged")
+    assert m["f1"] > 0.85 and m["auc"] > 0.95, m
+    assert len(clean.flagged) <= 0.05 * len(data)  # the threshold lets ~1% of clean images through
+
+
 def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     from unlearnable.attacks.em import EM
 

@@ -225,6 +225,12 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     assert (res["set"]["heldout"], res["set"]["test"], res["set"]["poisoned"]) == (40, 100, False), res["set"]
     out = run("detect", "--data", f"folder:{tmp_path / 'both'}", "--method", "simple", check_rc=0).stdout
     assert "a set this small hides gaps under the threshold" in out  # 40 held-out images: ~26 points of noise
+    # the contrast detector needs trusted images: the carved folder has none of its own, --reference supplies them
+    assert "pass --reference" in one_line_error(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method",
+                                                    "contrast", check_rc=2))
+    res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
+                         f"folder:{tmp_path / 'both'}", "--json", check_rc=0).stdout)
+    assert res["method"] == "contrast" and res["params"]["reference"] == 300 and res["set"]["test"] == 300, res
 
 
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):

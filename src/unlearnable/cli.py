@@ -234,8 +234,12 @@ def protect(
 @app.command()
 def detect(
     data: str = typer.Option(..., "--data", "-d", help="a saved (possibly poisoned) set"),
-    method: str = typer.Option("dvae", help="dvae (D-VAE residual) or simple (a tiny model's fitting speed)"),
+    method: str = typer.Option("dvae", help="dvae (D-VAE residual), simple (a tiny model's fitting speed) or "
+                               "contrast (linear classifiers against trusted clean images)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),
+    reference: Optional[str] = typer.Option(None, "--reference", help="trusted clean images (a dataset spec or "
+                                            "folder:PATH, all its images) for the set check and the contrast "
+                                            "detector; default: the data's own clean test split"),
     purify_with: Optional[str] = typer.Option(None, "--purify", help="purify the flagged samples only with "
                                               "this defense (e.g. dvae) and save the set to --out"),
     purify_set: Optional[List[str]] = typer.Option(None, "--purify-set", help="purifier option key=value"),
@@ -276,8 +280,17 @@ def detect(
     from .detect import check_set
     from .detect import detect as run_detect
 
-    # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
-    verdict = None if test.provenance.get("carved") and not is_saved_set(data) else check_set(train, test)
+    if reference is not None:
+        test = _all_images(reference)
+    elif test.provenance.get("carved") and not is_saved_set(data):
+        # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
+        test = None
+    if method == "contrast":
+        if test is None:
+            raise UnlearnableError(f"the contrast detector needs trusted clean images: {data} has no test split of its "
+                                   "own; pass --reference SPEC")
+        options["reference"] = test
+    verdict = None if test is None else check_set(train, test)
     state = _state_in_cache("detect", train) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, **options)
     changed = train.provenance.get("changed")
@@ -314,8 +327,14 @@ def detect(
                    f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
                    f"{100 * verdict['threshold']:.1f}): {answer}")
+    if method == "contrast":
+        caveat = f"; about {result.params['false_alarm']:.0%} of clean images are flagged by design"
+    elif verdict is None or verdict["poisoned"]:
+        caveat = ""
+    else:
+        caveat = "; Otsu's rule splits even a clean set"
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})"
-               + ("" if verdict is None or verdict["poisoned"] else "; Otsu's rule splits even a clean set"))
+               + caveat)
     for k, v in summary.get("metrics", {}).items():
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "purified" in summary:
@@ -323,6 +342,19 @@ def detect(
     for key in ("scores", "plot"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")
+
+
+def _all_images(spec: str):
+    """Every image of ``spec``, both splits, as one set: the trusted clean images of ``detect --reference``."""
+    import numpy as np
+
+    from .data import load
+
+    train, test = load(spec)
+    if train.classes != test.classes:  # pragma: no cover - every source names its classes once
+        raise UnlearnableError(f"{spec}: the two splits name different classes")
+    return test.replace(x=np.concatenate([train.x, test.x]), y=np.concatenate([train.y, test.y]),
+                        provenance={"reference": spec})
 
 
 @app.command("dvae-check")

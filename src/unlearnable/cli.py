@@ -328,7 +328,8 @@ def detect(
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
                    f"{100 * verdict['threshold']:.1f}): {answer}")
     if method == "contrast":
-        caveat = f"; about {result.params['false_alarm']:.0%} of clean images are flagged by design"
+        caveat = (f" = {len(result.flagged) / len(train):.1%}; about {result.params['false_alarm']:.0%} of clean images "
+                  "are flagged by design")
     elif verdict is None or verdict["poisoned"]:
         caveat = ""
     else:

@@ -295,15 +295,16 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     return result
 
 
-def purify_flagged(data: ImageSet, detection: Detection, defense: Any) -> ImageSet:
+def purify_flagged(data: ImageSet, detection: Detection, defense: Any, fit: bool = True) -> ImageSet:
     """Purify only the samples ``detection`` flagged; the others keep their original pixels.
 
     ``defense`` is a purifier (``create_defense(...)``); it is fitted on the whole set (a D-VAE needs the poisoned
     samples to learn what to remove, and the clean ones do it no harm) and applied to the flagged samples only,
-    so clean samples are not blurred by a purifier they never needed.
+    so clean samples are not blurred by a purifier they never needed. ``fit=False``: ``defense`` was already
+    fitted on ``data``.
     """
     flagged = np.asarray(detection.flagged, dtype=np.int64)
-    if len(flagged):
+    if len(flagged) and fit:
         defense.fit(data)
     return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist())
 

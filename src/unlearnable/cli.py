@@ -327,15 +327,15 @@ def detect(
                    f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
                    f"{100 * verdict['threshold']:.1f}): {answer}")
+    share = f"{summary['flagged'] / summary['samples']:.1%}; " if method == "contrast" else ""
     if method == "contrast":
-        caveat = (f" = {len(result.flagged) / len(train):.1%}; about {result.params['false_alarm']:.0%} of clean images "
-                  "are flagged by design")
+        caveat = f"; about {result.params['false_alarm']:.0%} of clean images are flagged by design"
     elif verdict is None or verdict["poisoned"]:
         caveat = ""
     else:
         caveat = "; Otsu's rule splits even a clean set"
-    typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} (threshold {summary['threshold']:.4g})"
-               + caveat)
+    typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} ({share}threshold "
+               f"{summary['threshold']:.4g}){caveat}")
     for k, v in summary.get("metrics", {}).items():
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "purified" in summary:

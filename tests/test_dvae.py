@@ -173,7 +173,8 @@ def test_threshold_and_metrics():
 
 
 @pytest.mark.parametrize("bad, match", [({"folds": 1}, "folds"), ({"false_alarm": 1.5}, "false_alarm"),
-                                        ({"c": 0}, "positive"), ({"reference": None}, "trusted clean images")])
+                                        ({"c": 0}, "positive"), ({"reference": None}, "trusted clean images"),
+                                        ({"fold": 3}, "no parameter fold"), ({"c": "abc"}, "cannot read c")])
 def test_contrast_detector_bad_parameters(bad, match, small_train, small_test):
     from unlearnable.detect import detect
 
@@ -182,7 +183,7 @@ def test_contrast_detector_bad_parameters(bad, match, small_train, small_test):
 
 
 def test_contrast_detector_needs_matching_reference(small_train, small_test):
-    from unlearnable.detect import contrast_detect
+    from unlearnable.detect import contrast_detect, detect
 
     data = small_train.take(200)
     with pytest.raises(UnlearnableError, match="same shape"):
@@ -191,6 +192,10 @@ def test_contrast_detector_needs_matching_reference(small_train, small_test):
         contrast_detect(data, small_test.subset(np.flatnonzero(small_test.y != 3)[:50]))
     a, b = contrast_detect(data, small_test, seed=1), contrast_detect(data, small_test, seed=1)
     np.testing.assert_array_equal(a.scores, b.scores)  # deterministic under its seed
+    # --set passes strings: they are read as the parameters' types
+    c = detect(data, "contrast", reference=small_test, seed="1", folds="2", c="0.01", false_alarm="0.01")
+    np.testing.assert_array_equal(c.scores, a.scores)
+    assert detect(data, "simple", epochs="1").params == {"epochs": "1"}
 
 
 # ------------------------------------------------------------------------------------------ effects on real data

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .data import ImageSet
 from .errors import UnlearnableError
+from .params import typed_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,8 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     if method == "contrast":
         if options.get("reference") is None:
             raise UnlearnableError("the contrast detector needs trusted clean images (reference=...)")
-        result = contrast_detect(data, **options)
+        result = contrast_detect(data, **typed_kwargs(contrast_detect, "the contrast detector", options,
+                                                      passed=("reference",)))
         if threshold is not None:
             result = dataclasses.replace(flag(result.scores, threshold), method=method, params=result.params)
         log.info("contrast detector: flagged %d of %d samples (threshold %.4g)", len(result.flagged), len(data),
@@ -291,7 +293,7 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     if method == "dvae":
         scores = dvae_scores(data, checkpoint=checkpoint, **options)
     else:
-        scores = simple_scores(data, **options)
+        scores = simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options))
     result = flag(scores, threshold)
     result.method, result.params = method, dict(options)
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),

@@ -96,6 +96,21 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     return method
 
 
+def typed_kwargs(fn: Any, kind: str, options: dict[str, Any], passed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``options`` (strings from ``--set``, or typed) checked against the keyword parameters of function ``fn``
+    and converted to their annotated types; ``passed`` names parameters the caller supplies itself."""
+    import inspect
+
+    hints = typing.get_type_hints(fn)
+    params = [n for n, p in inspect.signature(fn).parameters.items()
+              if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+    unknown = sorted(set(options) - set(params) - set(passed))
+    if unknown:
+        known = ", ".join(n for n in params if n not in passed)
+        raise UnlearnableError(f"{kind} has no parameter {', '.join(unknown)}; known: {known}")
+    return {k: v if k in passed else _coerce(k, v, hints[k]) for k, v in options.items()}
+
+
 def apply_preset(method: Any) -> None:
     """``EM(preset="fast")`` in Python as on the command line: every field the preset sets that still holds its
     class default takes the preset's value (a value passed explicitly wins, unless it equals the default).

@@ -29,7 +29,6 @@ so the per-sample flags mean something only once the set check says yes.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,6 +219,7 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.01, folds:
     if reference.num_classes != data.num_classes:
         raise UnlearnableError(f"the reference has {reference.num_classes} classes, the suspect set "
                                f"{data.num_classes}")
+
     def pixels(s: ImageSet) -> np.ndarray:
         return np.asarray(s.x, dtype=np.float32).reshape(len(s), -1) / 255
 
@@ -280,22 +280,20 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:
         raise UnlearnableError("cannot detect poisons in an empty set")
+    params = dict(options)
     if method == "contrast":
         if options.get("reference") is None:
             raise UnlearnableError("the contrast detector needs trusted clean images (reference=...)")
-        result = contrast_detect(data, **typed_kwargs(contrast_detect, "the contrast detector", options,
-                                                      passed=("reference",)))
-        if threshold is not None:
-            result = dataclasses.replace(flag(result.scores, threshold), method=method, params=result.params)
-        log.info("contrast detector: flagged %d of %d samples (threshold %.4g)", len(result.flagged), len(data),
-                 result.threshold)
-        return result
-    if method == "dvae":
+        found = contrast_detect(data, **typed_kwargs(contrast_detect, "the contrast detector", options,
+                                                     passed=("reference",)))
+        scores, params = found.scores, found.params
+        threshold = found.threshold if threshold is None else threshold  # calibrated on the reference, not Otsu's
+    elif method == "dvae":
         scores = dvae_scores(data, checkpoint=checkpoint, **options)
     else:
         scores = simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options))
     result = flag(scores, threshold)
-    result.method, result.params = method, dict(options)
+    result.method, result.params = method, params
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),
              result.threshold)
     return result

@@ -9,8 +9,9 @@ the clean training split of the first set's source, or ``--data``): the set chec
 clean test split; Zhu, Yu & Gao, AAAI 2024, Algorithm 1) at each seed of ``--seeds`` (the split and the model's
 initialisation), and with ``--per-sample`` the simple-network detector's accuracy / precision / recall / F1 / ROC AUC
 against the manifest's changed indices (not with ``--subset``); with ``--contrast`` the same for the contrast
-detector (:func:`unlearnable.detect.contrast_detect`, trusted images: the clean test split), with its seconds, and
-on a clean set how many it flags. ``--subset N`` checks a seeded, class-balanced N-image subset of each set.
+detector (:func:`unlearnable.detect.contrast_detect`, trusted images: the clean test split), with its seconds, its
+set-level verdict (flagged share against its false-alarm rate) and on a clean set how many it flags. ``--subset
+N`` checks a seeded, class-balanced N-image subset of each set.
 Seconds per check, no victims: the whole grid over two sets takes about a minute on two cores.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main() -> None:
             if args.contrast and not args.subset and seed == 0:
                 t0 = time.perf_counter()
                 found = detect(data, "contrast", reference=test)
-                row["contrast"] = found.metrics(data.provenance.get("changed", []))
+                row["contrast"] = {**found.metrics(data.provenance.get("changed", [])), "verdict": found.verdict}
                 row["contrast_s"] = round(time.perf_counter() - t0, 1)
             emit({**meta, **row}, args.json)
 

@@ -119,6 +119,7 @@ def test_contrast_detector_finds_the_poisoned_samples(poisoned, data, small_test
     print(f"contrast detector, 40% class-wise EM {EPS * 255:.0f}/255: {m}; clean set: {len(clean.flagged)} flagged")
     assert m["f1"] > 0.85 and m["auc"] > 0.95, m
     assert len(clean.flagged) <= 0.05 * len(data)  # the threshold lets ~1% of clean images through
+    assert found.verdict["differs"] and not clean.verdict["differs"], (found.verdict, clean.verdict)
 
 
 def test_em_resumes_from_checkpoint(tmp_path, data, crash):

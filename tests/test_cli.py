@@ -231,6 +231,11 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
                          f"folder:{tmp_path / 'both'}", "--json", check_rc=0).stdout)
     assert res["method"] == "contrast" and res["params"]["reference"] == 300 and res["set"]["test"] == 300, res
+    assert set(res["verdict"]) == {"share", "expected", "threshold", "differs"}, res
+    out = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
+              f"folder:{tmp_path / 'both'}", check_rc=0).stdout
+    # the reference holds the suspect images themselves here: nothing sets them apart
+    assert "of clean images are flagged by design: no more than that" in out, out
 
 
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):

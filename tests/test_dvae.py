@@ -193,7 +193,7 @@ def test_contrast_detector_needs_matching_reference(small_train, small_test):
     a, b = contrast_detect(data, small_test, seed=1), contrast_detect(data, small_test, seed=1)
     np.testing.assert_array_equal(a.scores, b.scores)  # deterministic under its seed
     # --set passes strings: they are read as the parameters' types
-    c = detect(data, "contrast", reference=small_test, seed="1", folds="2", c="0.01", false_alarm="0.01")
+    c = detect(data, "contrast", reference=small_test, seed="1", folds="2", c="0.1", false_alarm="0.01")
     np.testing.assert_array_equal(c.scores, a.scores)
     assert detect(data, "simple", epochs="1").params == {"epochs": "1"}
 

@@ -235,7 +235,7 @@ def protect(
 def detect(
     data: str = typer.Option(..., "--data", "-d", help="a saved (possibly poisoned) set"),
     method: str = typer.Option("dvae", help="dvae (D-VAE residual), simple (a tiny model's fitting speed) or "
-                               "contrast (linear classifiers against trusted clean images)"),
+                               "contrast (a linear classifier against trusted clean images)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="trusted clean images (a dataset spec or "
                                             "folder:PATH, all its images) for the set check and the contrast "
@@ -329,8 +329,12 @@ def detect(
                    f"{100 * verdict['threshold']:.1f}): {answer}")
     share, caveat = "", ""
     if method == "contrast":
+        v = result.verdict
         share = f"{summary['flagged'] / summary['samples']:.1%}; "
-        caveat = f"; about {result.params['false_alarm']:.0%} of clean images are flagged by design"
+        if v is not None:
+            caveat = (f"; about {v['expected']:.0%} of clean images are flagged by design: "
+                      + ("the set DIFFERS from the trusted images (poisoned, or another source or pipeline)"
+                         if v["differs"] else "no more than that"))
     elif verdict is not None and not verdict["poisoned"]:
         caveat = "; Otsu's rule splits even a clean set"
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} ({share}threshold "

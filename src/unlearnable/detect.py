@@ -21,7 +21,8 @@ every sample's score and flag, :func:`unlearnable.report.score_histogram` draws 
 * ``contrast`` (ours): a linear classifier, class-balanced, tells the suspect images from trusted clean images
   (the clean test split); the suspect samples it places beyond what clean held-out images reach are flagged (see
   :func:`contrast_detect`). It needs the trusted images and flags anything unlike them, not only poisons; on
-  Fashion-MNIST at 8/255 it is the only one of the three that finds EM's samples (F1 0.97-0.99; 0.97 in colour).
+  Fashion-MNIST at 8/255 it is the only one of the three that finds EM's samples (F1 0.97-0.99; in colour 0.98
+  class-wise, 0.61 sample-wise).
 
 Before asking which samples, :func:`check_set` asks whether the set is poisoned at all (the same paper's
 Algorithm 1, at the level of the whole set): Otsu's rule always splits the scores in two, even on a clean set,
@@ -235,17 +236,17 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
         raise UnlearnableError(f"the reference has {reference.num_classes} classes, the suspect set "
                                f"{data.num_classes}")
 
-    def pixels(s: ImageSet) -> np.ndarray:
+    def features(s: ImageSet) -> np.ndarray:
         x = np.asarray(s.x, dtype=np.float32) / 255
         if not highpass:
             return x.reshape(len(s), -1)
         residual = x - gaussian_filter(x, sigma=(0, 0, 1, 1))
         return np.concatenate([x.reshape(len(s), -1), residual.reshape(len(s), -1)], axis=1)
 
-    ref = pixels(reference)
+    ref = features(reference)
     mean, std = ref.mean(0), ref.std(0)
     std[std < 1e-6] = 1.0
-    x, ref = (pixels(data) - mean) / std, (ref - mean) / std
+    x, ref = (features(data) - mean) / std, (ref - mean) / std
     rng = np.random.default_rng(seed)
 
     def class_folds(y: np.ndarray) -> np.ndarray:

@@ -236,6 +236,13 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
         raise UnlearnableError(f"the reference has {reference.num_classes} classes, the suspect set "
                                f"{data.num_classes}")
 
+    classes = np.unique(data.y)
+    for k in classes:
+        n, n_ref = int((data.y == k).sum()), int((reference.y == k).sum())
+        if min(n, n_ref) < folds:
+            raise UnlearnableError(f"class {data.classes[k]!r} has {n} suspect and {n_ref} reference images; the "
+                                   f"contrast detector needs at least {folds} of each")
+
     def features(s: ImageSet) -> np.ndarray:
         x = np.asarray(s.x, dtype=np.float32) / 255
         if not highpass:
@@ -256,12 +263,6 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
             fold[idx] = rng.permutation(len(idx)) % folds
         return fold
 
-    classes = np.unique(data.y)
-    for k in classes:
-        n, n_ref = int((data.y == k).sum()), int((reference.y == k).sum())
-        if min(n, n_ref) < folds:
-            raise UnlearnableError(f"class {data.classes[k]!r} has {n} suspect and {n_ref} reference images; the "
-                                   f"contrast detector needs at least {folds} of each")
     ref_in = np.isin(reference.y, classes)  # reference classes the suspect set lacks would be a signal of their own
     ref, ref_y = ref[ref_in], np.asarray(reference.y)[ref_in]
     fold, ref_fold = class_folds(data.y), class_folds(ref_y)

@@ -229,8 +229,11 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     assert "pass --reference" in one_line_error(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method",
                                                     "contrast", check_rc=2))
     res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
-                         f"folder:{tmp_path / 'both'}", "--json", check_rc=0).stdout)
+                         f"folder:{tmp_path / 'both'}", "--json", "--scores", str(tmp_path / "s.csv"),
+                         check_rc=0).stdout)
     assert res["method"] == "contrast" and res["params"]["reference"] == 300 and res["set"]["test"] == 300, res
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert header == "index,file,label,class,score,score_linear,score_network,flagged", header
     assert set(res["verdict"]) == {"share", "expected", "threshold", "differs"}, res
     out = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
               f"folder:{tmp_path / 'both'}", check_rc=0).stdout

@@ -174,6 +174,7 @@ def test_threshold_and_metrics():
 
 @pytest.mark.parametrize("bad, match", [({"folds": 1}, "folds"), ({"false_alarm": 1.5}, "false_alarm"),
                                         ({"c": 0}, "positive"), ({"reference": None}, "trusted clean images"),
+                                        ({"network_epochs": 0}, "network_epochs"),
                                         ({"fold": 3}, "no parameter fold"), ({"c": "abc"}, "cannot read c")])
 def test_contrast_detector_bad_parameters(bad, match, small_train, small_test):
     from unlearnable.detect import detect
@@ -190,11 +191,14 @@ def test_contrast_detector_needs_matching_reference(small_train, small_test):
         contrast_detect(data, small_test.replace(x=small_test.x[:, :, :14, :14]))
     with pytest.raises(UnlearnableError, match="needs at least 2 of each"):
         contrast_detect(data, small_test.subset(np.flatnonzero(small_test.y != 3)[:50]))
-    a, b = contrast_detect(data, small_test, seed=1), contrast_detect(data, small_test, seed=1)
+    few = data.take(100)  # the network trains 100 steps (detect.NETWORK_MIN_STEPS) whatever the set's size
+    a, b = contrast_detect(few, small_test, seed=1), contrast_detect(few, small_test, seed=1)
     np.testing.assert_array_equal(a.scores, b.scores)  # deterministic under its seed
     # --set passes strings: they are read as the parameters' types
-    c = detect(data, "contrast", reference=small_test, seed="1", folds="2", c="0.1", false_alarm="0.01")
-    np.testing.assert_array_equal(c.scores, a.scores)
+    c = detect(data, "contrast", reference=small_test, seed="1", folds="2", c="0.1", false_alarm="0.01",
+               network="false")
+    np.testing.assert_array_equal(c.scores, contrast_detect(data, small_test, seed=1, network=False).scores)
+    assert set(a.parts) == {"linear", "network"} and c.parts == {}
     assert detect(data, "simple", epochs="1").params == {"epochs": "1"}
 
 

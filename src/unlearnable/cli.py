@@ -235,7 +235,7 @@ def protect(
 def detect(
     data: str = typer.Option(..., "--data", "-d", help="a saved (possibly poisoned) set"),
     method: str = typer.Option("dvae", help="dvae (D-VAE residual), simple (a tiny model's fitting speed) or "
-                               "contrast (a linear classifier against trusted clean images)"),
+                               "contrast (a linear and a small conv classifier against trusted clean images)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="trusted clean images (a dataset spec or "
                                             "folder:PATH, all its images) for the set check and the contrast "

@@ -111,8 +111,9 @@ def subset_for_grid(data: ImageSet, per_class: int = 1) -> np.ndarray:
 
 
 def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Path:
-    """One row per sample of ``data``: index, file name (folder data), label, class, score, flagged and, when
-    the set's manifest knows which samples an attack changed, ``poisoned``."""
+    """One row per sample of ``data``: index, file name (folder data), label, class, score, the scores of a combined
+    detector's parts (``score_linear``, ``score_network``), flagged and, when the set's manifest knows which samples
+    an attack changed, ``poisoned``."""
     import csv
 
     from .detect import index_mask
@@ -121,16 +122,18 @@ def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Pat
     changed = data.provenance.get("changed")
     poisoned = None if changed is None else index_mask(changed, len(data))
     names = data.provenance.get("file_names")
+    parts = detection.parts
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", *(["file"] if names else []), "label", "class", "score", "flagged",
-                        *(["poisoned"] if poisoned is not None else [])])
+            w.writerow(["index", *(["file"] if names else []), "label", "class", "score",
+                        *(f"score_{k}" for k in parts), "flagged", *(["poisoned"] if poisoned is not None else [])])
             for i in range(len(data)):
                 y = int(data.y[i])
                 w.writerow([i, *([names[i]] if names else []), y, data.classes[y], f"{detection.scores[i]:.6g}",
-                            int(flagged[i]), *([int(poisoned[i])] if poisoned is not None else [])])
+                            *(f"{v[i]:.6g}" for v in parts.values()), int(flagged[i]),
+                            *([int(poisoned[i])] if poisoned is not None else [])])
 
     return write_atomic(path, write)
 

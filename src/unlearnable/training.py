@@ -255,13 +255,9 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
-    """Predicted labels for float (or uint8) images, in eval mode (bf16 autocast where it is fast).
-
-    The labels stay on the model's device (the CPU for scikit-learn victims): call ``.cpu()`` before ``.numpy()``.
-    """
-    if isinstance(model, PixelClassifier):
-        return torch.from_numpy(np.asarray(model.predict(x), dtype=np.int64))
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
+    """The outputs of a torch ``model`` for float (or uint8) images, in eval mode (bf16 autocast where it is fast);
+    they stay on the model's device."""
     model.eval()
     dev = next(model.parameters()).device
     amp = fast_bf16(dev) if amp is None else amp
@@ -270,8 +266,19 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool
         xb = x[i:i + batch_size].to(dev)
         xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(model(xb).argmax(1))
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+            out.append(model(xb))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
+    """Predicted labels for float (or uint8) images (:func:`predict_logits`' argmax for torch models).
+
+    The labels stay on the model's device (the CPU for scikit-learn victims): call ``.cpu()`` before ``.numpy()``.
+    """
+    if isinstance(model, PixelClassifier):
+        return torch.from_numpy(np.asarray(model.predict(x), dtype=np.int64))
+    logits = predict_logits(model, x, batch_size, amp)
+    return logits.argmax(1) if len(logits) else torch.empty(0, dtype=torch.long)
 
 
 def evaluate(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_size: int = 1024) -> float:

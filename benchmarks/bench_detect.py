@@ -1,7 +1,7 @@
 """Detection benchmark without purification: is the set poisoned at all, and which samples are.
 
     python benchmarks/bench_detect.py SET_DIR [SET_DIR ...] [--ratios 0.2,0.4,0.8] [--clean] [--seeds 0,1,2]
-                                      [--subset N] [--per-sample] [--contrast]
+                                      [--subset N] [--per-sample] [--contrast [--contrast-set KEY=VALUE ...]]
 
 For each saved set (and, with ``--ratios``, each set partially poisoned through ``data.partial``; with ``--clean``,
 the clean training split of the first set's source, or ``--data``): the set check of
@@ -10,7 +10,8 @@ clean test split; Zhu, Yu & Gao, AAAI 2024, Algorithm 1) at each seed of ``--see
 initialisation), and with ``--per-sample`` the simple-network detector's accuracy / precision / recall / F1 / ROC AUC
 against the manifest's changed indices (not with ``--subset``); with ``--contrast`` the same for the contrast
 detector (:func:`unlearnable.detect.contrast_detect`, trusted images: the clean test split), with its seconds, its
-set-level verdict (flagged share against its false-alarm rate) and on a clean set how many it flags. ``--subset
+set-level verdict (flagged share against its false-alarm rate), the ROC AUC of each of its parts, and on a clean
+set how many it flags; ``--contrast-set network=false`` passes an option (the linear part alone). ``--subset
 N`` checks a seeded, class-balanced N-image subset of each set.
 Seconds per check, no victims: the whole grid over two sets takes about a minute on two cores.
 """
@@ -22,7 +23,8 @@ import time
 
 from _common import emit, run_meta, set_jobs
 from unlearnable.data import load
-from unlearnable.detect import check_set, detect
+from unlearnable.detect import check_set, detect, detection_metrics
+from unlearnable.params import parse_sets
 
 
 def main() -> None:
@@ -39,10 +41,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.2, help="its peak learning rate")
     ap.add_argument("--per-sample", action="store_true", help="also run the simple-network per-sample detector")
     ap.add_argument("--contrast", action="store_true", help="also run the contrast per-sample detector")
+    ap.add_argument("--contrast-set", action="append", default=[], help="contrast detector option key=value")
     ap.add_argument("--json", default="benchmarks/results/detect.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    meta = run_meta(subset=args.subset, model=args.model, epochs=args.epochs, lr=args.lr)
+    contrast_options = parse_sets(args.contrast_set)
+    meta = run_meta(subset=args.subset, model=args.model, epochs=args.epochs, lr=args.lr,
+                    **({"contrast_options": contrast_options} if contrast_options else {}))
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data):
         _, test = load(data.source)
@@ -58,8 +63,12 @@ def main() -> None:
                 row["simple"] = detect(data, "simple").metrics(data.provenance["changed"])
             if args.contrast and not args.subset and seed == 0:
                 t0 = time.perf_counter()
-                found = detect(data, "contrast", reference=test)
-                row["contrast"] = {**found.metrics(data.provenance.get("changed", [])), "verdict": found.verdict}
+                found = detect(data, "contrast", reference=test, **contrast_options)
+                changed = data.provenance.get("changed", [])
+                row["contrast"] = {**found.metrics(changed), "verdict": found.verdict}
+                if len(changed):
+                    row["contrast"]["part_auc"] = {k: detection_metrics([], changed, len(data), v)["auc"]
+                                                   for k, v in found.parts.items()}
                 row["contrast_s"] = round(time.perf_counter() - t0, 1)
             emit({**meta, **row}, args.json)
 

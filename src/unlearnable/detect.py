@@ -228,7 +228,8 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
     subset 0.961 / 0.982 class-wise but only 0.51 / 0.61 sample-wise (~65 s, 2.7 GB), 0.97% of its clean images
     flagged. With the network (the default since session 33), at 20%: Fashion-MNIST class-wise 0.923, sample-wise
     0.979; colour class-wise 0.926, sample-wise **0.982** (linear alone: 0.938 / 0.948 / 0.961 / 0.514); 1.06% of
-    the clean Fashion-MNIST split flagged; about 2 minutes for either set on two cores, most of it the network.
+    the clean Fashion-MNIST split flagged; about 2 minutes for either set on two cores, most of it the network
+    (colour sample-wise at seeds 1 / 2: 0.981 / 0.979; with ``network_epochs=2`` the net missed it: 0.48).
     ``highpass=False`` (pixels alone in the linear part): the same on Fashion-MNIST, colour sample-wise 0.29 at 40%.
     ``c=0.01`` suits Fashion-MNIST (0.991 / 0.978 on pixels) but not colour (0.915; 3,072 pixels want less
     regularisation). The network alone misses class-wise EM in colour (AUC 0.55-0.60 at 20%, with or without

@@ -357,6 +357,10 @@ def _network_contrast(data: ImageSet, reference: ImageSet, residual: tuple[np.nd
     def texture(res: np.ndarray) -> np.ndarray:
         return np.clip(res * (4 * 255) + 128, 0, 255).round().astype(np.uint8)
 
+    def margin(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+        logits = predict_logits(net, torch.from_numpy(images)).float().cpu().numpy()
+        return logits[:, 1] - logits[:, 0]
+
     x, ref = texture(residual[0]), texture(residual[1])
     scores, null = np.zeros(len(data)), []
     for f in range(int(fold.max()) + 1):
@@ -369,13 +373,8 @@ def _network_contrast(data: ImageSet, reference: ImageSet, residual: tuple[np.nd
         cfg = TrainConfig(seed=seed + f, device=device, eval_every=10**6)
         cfg.epochs = max(epochs, math.ceil(NETWORK_MIN_STEPS / math.ceil(len(both) / cfg.batch_size)))
         net = train(both, None, "cnn", cfg, description=f"contrast network, fold {f + 1}").model
-        for images, out in ((x[fold == f], None), (ref[ref_fold == f], null)):
-            logits = predict_logits(net, torch.from_numpy(images)).float().cpu().numpy()
-            margin = logits[:, 1] - logits[:, 0]
-            if out is None:
-                scores[fold == f] = margin
-            else:
-                out.append(margin)
+        scores[fold == f] = margin(net, x[fold == f])
+        null.append(margin(net, ref[ref_fold == f]))
     return scores, np.concatenate(null)
 
 

@@ -182,3 +182,12 @@ def test_partial_keeps_a_seeded_fraction_of_the_poison(small_train):
         partial(poisoned, 0.0, clean=clean)
     with pytest.raises(UnlearnableError, match="same shape"):
         partial(poisoned, 0.5, clean=clean.take(50))
+
+
+def test_subset_renumbers_the_per_sample_records(small_train):
+    data = small_train.take(10).replace(provenance={"changed": [1, 4, 7], "label_changed": [4],
+                                                    "norms": {"linf": list(range(10))}})
+    part = data.subset(np.array([0, 4, 5, 7]))
+    assert part.provenance["changed"] == [1, 3] and part.provenance["label_changed"] == [1]
+    assert part.provenance["norms"] == {"linf": [0, 4, 5, 7]} and part.provenance["source_index"] == [0, 4, 5, 7]
+    assert data.provenance["changed"] == [1, 4, 7]  # the parent's record is not touched

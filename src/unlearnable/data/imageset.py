@@ -61,12 +61,18 @@ class ImageSet:
 
     def subset(self, index: np.ndarray) -> "ImageSet":
         """The samples at ``index``; ``provenance["source_index"]`` keeps their positions in the source split (and
-        ``provenance["file_names"]``, for folder data, their files)."""
-        index = np.asarray(index)
+        ``provenance["file_names"]``, for folder data, their files). The per-sample records follow: ``changed`` and
+        ``label_changed`` (positions) are renumbered to the subset's, ``norms`` (one value per sample) are sliced."""
+        index = np.asarray(index, dtype=np.int64)
         base = np.asarray(self.provenance.get("source_index", np.arange(len(self))))
         provenance = {**self.provenance, "source_index": base[index].tolist()}
         if "file_names" in provenance:
             provenance["file_names"] = [provenance["file_names"][i] for i in index.tolist()]
+        for key in ("changed", "label_changed"):  # positions in this set -> positions in the subset
+            if key in provenance:
+                provenance[key] = np.flatnonzero(np.isin(index, np.asarray(provenance[key], np.int64))).tolist()
+        if isinstance(provenance.get("norms"), dict):
+            provenance["norms"] = {k: np.asarray(v)[index].tolist() for k, v in provenance["norms"].items()}
         return self.replace(x=np.ascontiguousarray(self.x[index]), y=self.y[index].copy(), provenance=provenance)
 
     def take(self, n: int, seed: int = 0, stratified: bool = True) -> "ImageSet":

@@ -9,7 +9,8 @@ is nothing to remove). With ``--detect`` the D-VAE detector also scores the set 
 recall / F1 against the manifest's changed indices. With ``--table1`` (dvae) a victim also trains on the clean
 images plus the fitted stage 1's ``p_hat`` (the seed's Table 1: a low accuracy means the decoder caught the poison).
 With ``--flagged-only`` the contrast detector (trusted images: the clean test split) flags samples, the fitted
-purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result.
+purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result; a fourth trains on
+the set without the flagged samples (``detect.drop_flagged``).
 ``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
 the rest of the images clean). One JSON line per result goes to ``--json``.
 """
@@ -34,7 +35,8 @@ def main() -> None:
     ap.add_argument("--data", default="", help="dataset spec for --clean when no set is given")
     ap.add_argument("--detect", action="store_true", help="also run D-VAE detection on each set")
     ap.add_argument("--flagged-only", action="store_true",
-                    help="also purify only the samples the contrast detector flags, and train a victim on that")
+                    help="also purify only the samples the contrast detector flags, and train a victim on that "
+                         "(and one on the set without them)")
     ap.add_argument("--table1", action="store_true",
                     help="dvae only: also train a victim on the clean images + the fitted stage 1's p_hat")
     ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
@@ -66,11 +68,13 @@ def main() -> None:
             found = detect(data, method="dvae", dvae=defense if args.defense == "dvae" else None)
             row["detection"] = found.metrics(data.provenance["changed"])
         if args.flagged_only:
-            from unlearnable.detect import detect, purify_flagged
+            from unlearnable.detect import detect, drop_flagged, purify_flagged
 
             found = detect(data, method="contrast", reference=test)
             row["flagged_only"] = {"after": train(purify_flagged(data, found, defense, fit=False), test, "cnn",
-                                                  cfg).test_acc, **found.metrics(data.provenance.get("changed", []))}
+                                                  cfg).test_acc,
+                                   "dropped": train(drop_flagged(data, found), test, "cnn", cfg).test_acc,
+                                   **found.metrics(data.provenance.get("changed", []))}
         if args.table1 and args.defense == "dvae" and name != "clean":
             from unlearnable.defenses.dvae import dvae_check
 

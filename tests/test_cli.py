@@ -89,6 +89,8 @@ def test_list_is_fast_and_lists():
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
+    (["detect", "--data", "{tmp}", "--drop"], "--out"),
+    (["detect", "--data", "{tmp}", "--drop", "--purify", "bdr", "--out", "{tmp}/o"], "exclude each other"),
     (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),
     (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
@@ -209,6 +211,18 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     # an existing report is refused before any work, unless --overwrite
     assert "exists" in one_line_error(run("detect", "--data", str(poisoned), "--method", "simple",
                                           "--scores", str(csv_path)))
+    # --drop: the same flags, the set saved without them; what the detector missed stays known, renumbered
+    res = json.loads(run("detect", "--data", str(poisoned), "--method", "simple", "--drop",
+                         "--out", str(tmp_path / "kept"), "--json", check_rc=0).stdout)
+    kept = load_set(tmp_path / "kept")
+    rest = np.setdiff1d(np.arange(len(before)), flagged)
+    assert res["flagged"] == len(flagged) and len(kept) == len(rest) == len(before) - len(flagged)
+    assert np.array_equal(kept.x, before.x[rest]) and np.array_equal(kept.y, before.y[rest])
+    assert kept.provenance["source_index"] == np.asarray(before.provenance.get("source_index", np.arange(
+        len(before))))[rest].tolist()
+    missed = np.intersect1d(rest, before.provenance["changed"])
+    assert kept.provenance["changed"] == np.searchsorted(rest, missed).tolist()
+    assert kept.provenance["dropped"] == {"by": "simple", "count": len(flagged), "of": len(before)}
 
 
 def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, small_train, small_test,

@@ -243,7 +243,9 @@ def detect(
     purify_with: Optional[str] = typer.Option(None, "--purify", help="purify the flagged samples only with "
                                               "this defense (e.g. dvae) and save the set to --out"),
     purify_set: Optional[List[str]] = typer.Option(None, "--purify-set", help="purifier option key=value"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify writes the set"),
+    drop: bool = typer.Option(False, "--drop", help="save the set WITHOUT the flagged samples to --out "
+                              "(instead of --purify)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify or --drop writes the set"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out and existing --scores / --plot files"),
     scores: Optional[Path] = typer.Option(None, "--scores", help="write a CSV: every sample's index, file name "
                                           "(folder data), label, score, whether flagged (and poisoned, if known)"),
@@ -252,7 +254,8 @@ def detect(
 ) -> None:
     """Say whether the set looks poisoned at all (a linear model's held-out accuracy against the clean test split),
     then score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
-    --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result."""
+    --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result;
+    with --drop, save the set without them."""
     from .data import load
     from .params import parse_sets
 
@@ -260,6 +263,12 @@ def detect(
     if method == "dvae":
         options.setdefault("preset", "fast")
     defense = None
+    if drop and purify_with is not None:
+        raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
+    if drop:
+        if out is None:
+            raise UnlearnableError("--drop needs --out (where to write the set without the flagged samples)")
+        _check_out(out, overwrite)
     if purify_with is not None:
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
@@ -303,6 +312,12 @@ def detect(
         save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
         defense.clear_state()
         summary["purified"] = str(out)
+    if drop:
+        from .data import save_set
+        from .detect import drop_flagged
+
+        save_set(drop_flagged(train, result), out, overwrite=overwrite)
+        summary["dropped"] = str(out)
     if scores is not None:
         from .report import detection_csv
 
@@ -343,6 +358,9 @@ def detect(
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if "purified" in summary:
         typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
+    if "dropped" in summary:
+        typer.echo(f"dropped the {summary['flagged']} flagged samples: saved the other "
+                   f"{summary['samples'] - summary['flagged']} to {out}")
     for key in ("scores", "plot"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")

@@ -73,7 +73,8 @@ def main() -> None:
             found = detect(data, method="contrast", reference=test)
             row["flagged_only"] = {"after": train(purify_flagged(data, found, defense, fit=False), test, "cnn",
                                                   cfg).test_acc,
-                                   "dropped": train(drop_flagged(data, found), test, "cnn", cfg).test_acc,
+                                   "dropped": train(drop_flagged(data, found), test, "cnn", cfg).test_acc
+                                   if len(found.flagged) < len(data) else None,  # every sample flagged: none left
                                    **found.metrics(data.provenance.get("changed", []))}
         if args.table1 and args.defense == "dvae" and name != "clean":
             from unlearnable.defenses.dvae import dvae_check

@@ -233,3 +233,14 @@ def test_detection_beats_chance_on_half_poisoned(small_train):
     dvae = detect(poisoned, "dvae", width=8, epochs=6, batch_size=32).metrics(changed)  # stage 1 only
     print("detection, simple network:", simple, "\ndetection, D-VAE residual:", dvae)
     assert dvae["auc"] > 0.75 and dvae["accuracy"] > 0.7, dvae
+
+
+def test_drop_flagged_refuses_to_leave_nothing(small_train):
+    from unlearnable.detect import Detection, drop_flagged
+
+    data = small_train.take(20)
+    everything = Detection(scores=np.ones(20), threshold=0.0, flagged=np.arange(20), method="contrast")
+    with pytest.raises(UnlearnableError, match="every one of the 20 samples was flagged"):
+        drop_flagged(data, everything)
+    kept = drop_flagged(data, Detection(scores=np.ones(20), threshold=0.0, flagged=np.array([0, 5]), method="x"))
+    assert len(kept) == 18 and kept.provenance["dropped"] == {"by": "x", "count": 2, "of": 20}

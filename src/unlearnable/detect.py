@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -431,25 +431,17 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:
         raise UnlearnableError("cannot detect poisons in an empty set")
-    params = dict(options)
     if method == "contrast":
         if options.get("reference") is None:
             raise UnlearnableError("the contrast detector needs trusted clean images (reference=...)")
-        found = contrast_detect(data, **typed_kwargs(contrast_detect, "the contrast detector", options,
-                                                     passed=("reference",)))
-        scores, params, verdict, parts = found.scores, found.params, found.verdict, found.parts
-        if threshold is None:
-            threshold = found.threshold  # calibrated on the reference, not Otsu's
-        else:
-            verdict = None  # the set-level answer holds for the calibrated threshold only
-    elif method == "dvae":
-        scores = dvae_scores(data, checkpoint=checkpoint, **options)
+        result = contrast_detect(data, **typed_kwargs(contrast_detect, "the contrast detector", options,
+                                                      passed=("reference",)))  # threshold calibrated on the reference
+        if threshold is not None:  # the caller's own; the set-level answer (verdict) holds for the calibrated one only
+            result = replace(flag(result.scores, threshold), method=method, params=result.params, parts=result.parts)
     else:
-        scores = simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options))
-    result = flag(scores, threshold)
-    result.method, result.params = method, params
-    if method == "contrast":
-        result.verdict, result.parts = verdict, parts
+        scores = (dvae_scores(data, checkpoint=checkpoint, **options) if method == "dvae"
+                  else simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options)))
+        result = replace(flag(scores, threshold), method=method, params=dict(options))
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),
              result.threshold)
     return result

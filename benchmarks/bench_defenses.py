@@ -8,6 +8,7 @@ and, with ``--clean``, the same purifier applied to the clean training split (wh
 is nothing to remove). With ``--detect`` the D-VAE detector also scores the set and reports accuracy / precision /
 recall / F1 against the manifest's changed indices. With ``--table1`` (dvae) a victim also trains on the clean
 images plus the fitted stage 1's ``p_hat`` (the seed's Table 1: a low accuracy means the decoder caught the poison).
+A D-VAE row also has its ``label_sensitivity`` (``DVAE.label_sensitivity``).
 With ``--flagged-only`` the contrast detector (trusted images: the clean test split) flags samples, the fitted
 purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result; a fourth trains on
 the set without the flagged samples (``detect.drop_flagged``).
@@ -62,6 +63,8 @@ def main() -> None:
                "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
                "before": before, "after": after.test_acc, "after_peak": after.peak_test_acc,
                "purify_s": round(seconds, 1)}
+        if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (victim-free check)
+            row["label_sensitivity"] = defense.label_sensitivity(data.x, data.y)
         if args.detect and "changed" in data.provenance:
             from unlearnable.detect import detect
 

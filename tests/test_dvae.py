@@ -113,6 +113,28 @@ def test_skip_switches_change_the_output(tiny_set, tiny_dvae):
             assert not np.array_equal(outputs[a], outputs[b]), (a, b)
 
 
+def test_label_sensitivity_measures_what_the_label_writes(tiny_set, tiny_dvae):
+    import copy
+
+    out = tiny_dvae.label_sensitivity(tiny_set.x, tiny_set.y, sample=100)
+    assert out["images"] == 100 and out["changed"] > 0 and out["ratio"] == pytest.approx(
+        out["moved"] / out["changed"], abs=1e-3)
+    assert out == tiny_dvae.label_sensitivity(tiny_set.x, tiny_set.y, sample=100)  # same sample, same noise
+    blind = copy.deepcopy(tiny_dvae)  # every class embedding the same: the label cannot move the output
+    loud = copy.deepcopy(tiny_dvae)  # class embeddings far apart and a louder p decoder: the label writes more
+    with torch.no_grad():
+        for stage in (blind.stage1_, blind.stage2_):
+            stage.emb.weight.copy_(stage.emb.weight[:1].expand_as(stage.emb.weight))
+        for stage in (loud.stage1_, loud.stage2_):
+            stage.emb.weight.mul_(50)
+            stage.decoder_p[-1].weight.mul_(20)
+    assert out["moved"] > 0
+    assert blind.label_sensitivity(tiny_set.x, tiny_set.y, sample=100)["moved"] == 0
+    assert loud.label_sensitivity(tiny_set.x, tiny_set.y, sample=100)["moved"] > 1.3 * out["moved"]
+    with pytest.raises(UnlearnableError, match="sample"):
+        tiny_dvae.label_sensitivity(tiny_set.x, tiny_set.y, sample=0)
+
+
 def test_save_load_roundtrip_and_new_data(tmp_path, tiny_set, tiny_dvae, small_train):
     path = tiny_dvae.save(tmp_path / "dvae.safetensors")
     loaded = DVAE.load(path, device=tiny_dvae.device)  # same device: the sampling noise is drawn there

@@ -62,6 +62,13 @@ log = logging.getLogger(__name__)
 
 SKIPS = ("s1", "s2", "i2", "i3")
 
+# Above this ratio of label-driven change to all change (:meth:`DVAE.label_sensitivity`) the CLI warns that a
+# purified set may carry its labels. Calibrated on full Fashion-MNIST (BENCHMARKS.md, D-VAE, session 35): eight
+# fits on the clean split (`fast` seeds 0-4, `batch_size=128` seeds 0-2) gave 0.22-0.29 and, above the line, 0.36,
+# 0.39 and 0.42: the three fits whose victims did worst (87.8, 82.3, 87.9% against 88.4-89.8%; clean 92.1%),
+# two of them the label leaks of session 32. Another data source may need another line.
+LABEL_SENSITIVITY_WARN = 0.32
+
 FAST_PRESET_NOTE = """The ``fast`` preset (CPU): ``width=16`` (every channel count / 4: 32 x 14 x 14 features and 64
 latent channels on 28 x 28 images), 2 epochs per stage instead of 60 (so the p_hat penalty starts after epoch
 10/60 * 2 = 0.33, i.e. with the second epoch) and batch 256 instead of 128 (fewer, cheaper steps); Adam 5e-3, clip 5,
@@ -612,6 +619,39 @@ class DVAE(RateConstrainedVAE):
         for s, xb, yb in self._batches(x, y):
             x_hat[s], p[s] = (t.cpu().numpy() for t in self._infer(net, xb, yb, gen))
         return x_hat, p
+
+    def label_sensitivity(self, x: np.ndarray, y: np.ndarray, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
+        """How much the purified images depend on the labels the purifier is given: a check that needs no victim.
+
+        Purifies a seeded sample of at most ``sample`` of the uint8 images ``x`` twice, with their labels ``y`` and
+        with every label shifted by one class (``(y + 1) mod C``), and returns ``moved`` (RMS difference of the two
+        outputs, 8-bit levels), ``changed`` (RMS difference of the true-label output from the input) and their
+        ``ratio``. Only the class embedding ``u_y`` of the perturbation decoders sees the label, and the sampling
+        noise is the same in both passes, so ``moved`` is what the label alone writes into an image.
+
+        Why (BENCHMARKS.md, D-VAE, sessions 32 and 35): a fit that writes the label into the images trains a victim
+        that relies on the trace and fails on images the purifier did not touch (the clean split purified at a bad
+        seed: 93.7% on test images purified with their true labels, 78% on raw ones), and that victim is what a user
+        would otherwise have to train to find out. Over eight fits on the clean Fashion-MNIST split the ratio and
+        the victim's accuracy had Spearman -0.67, and the three highest ratios were the three worst victims; the
+        ratio on 5,000 training images was within 0.003 of the one on the test split, so the purified set itself
+        serves (class-wise EM 8/255, seed 0 of ``fast``: 0.25). See :data:`LABEL_SENSITIVITY_WARN`. A hint, not a
+        verdict: where ``u_y`` does catch a class-wise poison (colour sets at the defaults) the output moves with
+        the label by design.
+        """
+        self._check_fitted(x, np.asarray(y))
+        check(sample >= 1, f"sample must be at least 1, got {sample}")
+        y = np.asarray(y, dtype=np.int64)
+        idx = np.arange(len(x))
+        if len(x) > sample:
+            idx = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
+        xs, ys = np.asarray(x)[idx], y[idx]
+        true = self.purify(xs, ys).astype(np.int16)
+        shifted = self.purify(xs, (ys + 1) % self.num_classes_).astype(np.int16)
+        moved = float(np.sqrt(np.mean(np.square(true - shifted, dtype=np.float64))))
+        changed = float(np.sqrt(np.mean(np.square(true - xs.astype(np.int16), dtype=np.float64))))
+        return {"moved": round(moved, 3), "changed": round(changed, 3), "images": len(idx),
+                "ratio": round(moved / changed, 4) if changed > 0 else 0.0}
 
     def _nets(self) -> dict[str, DVAENet]:
         return {k: getattr(self, f"{k}_") for k in ("stage1", "stage2") if hasattr(self, f"{k}_")}

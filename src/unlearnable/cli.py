@@ -124,16 +124,12 @@ def purify(
 
 
 def _report_label_sensitivity(pur, train, purified):
-    """Print the D-VAE's label sensitivity (and a warning above the calibrated line); keep it in the provenance."""
-    from .defenses.dvae import LABEL_SENSITIVITY_WARN
-
+    """Print the D-VAE's label sensitivity and keep it in the provenance (a measurement, not a verdict: over 17 fits
+    on Fashion-MNIST it did not predict the victim, BENCHMARKS.md, D-VAE, session 36)."""
     s = pur.label_sensitivity(train.x, train.y)
     _say(f"label sensitivity {s['ratio']:.2f}: shifting the labels moves the output by {s['moved']:.1f} of the "
-         f"{s['changed']:.1f} levels (RMS) purification changes ({s['images']} images)")
-    if s["ratio"] > LABEL_SENSITIVITY_WARN:
-        _say(f"warning: label sensitivity above {LABEL_SENSITIVITY_WARN}: such fits trained the worst victims on "
-             f"Fashion-MNIST, some by writing the labels into the images; train a victim on the result "
-             f"(`unlearnable train --data OUT`) or purify again with another --seed")
+         f"{s['changed']:.1f} levels (RMS) purification changes ({s['images']} images); it does not predict the "
+         f"victim: train one on the result (`unlearnable train --data OUT`)")
     record = {**purified.provenance["purified_by"], "label_sensitivity": s}
     return purified.replace(provenance={**purified.provenance, "purified_by": record})
 

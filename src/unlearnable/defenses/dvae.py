@@ -107,8 +107,8 @@ the clean split purified at seed 1 scored 93.7% on test images purified with the
 ones and 78.1% on raw ones (seed 0 of the preset: 89.4 / 89.0 / 89.5%), i.e. ``u_y`` left a class trace that
 helps only where the same purifier wrote it. Check a purified set with a victim on images it did not purify;
 :meth:`DVAE.label_sensitivity` measures what the labels write, but over 17 fits on the clean split it did not
-predict the victim (sessions 35-36), and the clean price of ``fast`` is machine-dependent: 2.8-4.3
-points (mean 3.5) over seeds 0-4 on a Zen 4 EPYC against a mean of 2.8 on an AMX Xeon."""
+predict the victim (sessions 35-36), and the clean price of ``fast`` is machine-dependent: 2.0-4.3
+points (mean 3.3) over seeds 0-9 on a Zen 4 EPYC against a mean of 2.8 over seeds 0-4 on an AMX Xeon."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

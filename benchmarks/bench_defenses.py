@@ -63,7 +63,7 @@ def main() -> None:
                "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
                "before": before, "after": after.test_acc, "after_peak": after.peak_test_acc,
                "purify_s": round(seconds, 1)}
-        if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (victim-free check)
+        if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (a measurement)
             row["label_sensitivity"] = defense.label_sensitivity(data.x, data.y)
         if args.detect and "changed" in data.provenance:
             from unlearnable.detect import detect

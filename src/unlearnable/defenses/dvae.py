@@ -617,7 +617,7 @@ class DVAE(RateConstrainedVAE):
         return x_hat, p
 
     def label_sensitivity(self, x: np.ndarray, y: np.ndarray, sample: int = 2000, seed: int = 0) -> dict[str, Any]:
-        """How much the purified images depend on the labels the purifier is given: a check that needs no victim.
+        """How much the purified images depend on the labels the purifier is given: a measurement without a victim.
 
         Purifies a seeded sample of at most ``sample`` of the uint8 images ``x`` twice, with their labels ``y`` and
         with every label shifted by one class (``(y + 1) mod C``), and returns ``moved`` (RMS difference of the two
@@ -632,14 +632,13 @@ class DVAE(RateConstrainedVAE):
         highest ratios were the three worst victims), but over 17 it does not (Spearman -0.12 against the victim;
         both leaking fits had 0.39-0.42, good fits as much as 0.51). It is a measurement, not a verdict, and the
         CLI no longer warns on it; the ratio on 5,000 training images is within 0.007 of the one on the test split,
-        so the purified set itself serves. Where ``u_y`` does catch a class-wise poison (colour
-        sets at the defaults) the output moves with the label by design, and it is blind to a purifier that only
-        blurs (``fast`` on the colour CIFAR-10 subset: ratio 0.10 while the victim on the purified clean split fell
-        from 75.4% to 47.5%).
+        so the purified set itself serves. Where ``u_y`` does catch a class-wise poison (colour sets at the defaults)
+        the output moves with the label by design, and it is blind to a purifier that only blurs (``fast`` on the
+        colour CIFAR-10 subset: ratio 0.10 while the victim on the purified clean split fell from 75.4% to 47.5%).
         """
-        self._check_fitted(x, np.asarray(y))
-        check(sample >= 1, f"sample must be at least 1, got {sample}")
         y = np.asarray(y, dtype=np.int64)
+        self._check_fitted(x, y)
+        check(sample >= 1, f"sample must be at least 1, got {sample}")
         idx = np.arange(len(x))
         if len(x) > sample:
             idx = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))

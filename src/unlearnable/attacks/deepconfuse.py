@@ -334,6 +334,7 @@ class DeepConfuse(Attack):
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
     victim: str = "cnn"  # scoring victim architecture
     time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
+    trials_per_classifier: int = 1  # trials one surrogate classifier lives before it is re-initialised (official: 1)
 
     name = "deepconfuse"
     presets = {
@@ -363,6 +364,8 @@ class DeepConfuse(Attack):
               "train_size, holdout, score_size and time_limit must not be negative")
         check(self.holdout >= 1, "holdout must be at least 1 (the trials are scored on it)")
         check(self.score_epochs >= 1, f"score_epochs must be at least 1, got {self.score_epochs}")
+        check(self.trials_per_classifier >= 1,
+              f"trials_per_classifier must be at least 1, got {self.trials_per_classifier}")
         from ..models import CLASSICAL, MODELS
 
         check(self.surrogate in MODELS and self.surrogate not in CLASSICAL,
@@ -434,11 +437,13 @@ class DeepConfuse(Attack):
                         log.info("deepconfuse: %d trials in %.0f s; one more would pass the time limit of %.0f s",
                                  trial, spent, self.time_limit)
                         break
-                clf = self._classifier(data, device)
-                trainer = Trainer(clf, cfg, steps, data.image_size[0], flip=default_flip(data.source),
-                                  device=device, gen=gen)
+                resumed = state is not None and trial == first_trial and state["classifier"] is not None
+                if trial % self.trials_per_classifier == 0 or resumed:  # else the last trial's classifier goes on
+                    clf = self._classifier(data, device)
+                    trainer = Trainer(clf, cfg, steps * self.trials_per_classifier, data.image_size[0],
+                                      flip=default_flip(data.source), device=device, gen=gen)
                 start = 0
-                if mid_trial:
+                if resumed:
                     clf.load_state_dict(state["classifier"]["model"])
                     trainer.opt.load_state_dict(state["classifier"]["opt"])
                     trainer.sched.load_state_dict(state["classifier"]["sched"])
@@ -463,8 +468,8 @@ class DeepConfuse(Attack):
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
                     best, self.generator_ = key, copy.deepcopy(g_frozen).eval()
-                if self.checkpoint:
-                    save(trial + 1, 0)
+                if self.checkpoint:  # with the classifier if the next trial goes on training it
+                    save(trial + 1, 0, trainer if (trial + 1) % self.trials_per_classifier else None)
         self.generator_.cpu().eval()
         self.clear_state()
         return self

@@ -48,7 +48,6 @@ def test_registered_with_presets():
 @pytest.mark.parametrize("bad", [dict(trials=0), dict(eps=0.0), dict(eps=1.5), dict(generator="vae"),
                                  dict(batch_size=1), dict(surrogate="nope"), dict(victim="nope"), dict(holdout=0),
                                  dict(epochs_per_trial=0), dict(momentum=1.0), dict(gen_lr=-1.0),
-                                 dict(trials_per_classifier=0),
                                  dict(norm="l2")])
 def test_bad_parameters_raise_clear_error(bad):
     with pytest.raises(UnlearnableError):
@@ -84,38 +83,20 @@ def test_deterministic_under_seed(tiny, tiny_set):
     np.testing.assert_array_equal(first.x, again.x)
 
 
-# steps 0-1 are trial 1, 2-3 trial 2: crash inside trial 1, between the trials, inside trial 2; with
-# trials_per_classifier=2 trial 2 goes on training trial 1's classifier, which the state between them must carry
-@pytest.mark.parametrize("per_classifier", [1, 2])
+# steps 0-1 are trial 1, 2-3 trial 2: crash inside trial 1, between the trials, inside trial 2
 @pytest.mark.parametrize("crash_at_step", [1, 2, 3])
-def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash, crash_at_step,
-                                                           per_classifier):
+def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, monkeypatch, crash, crash_at_step):
     # every trial scores better than the one before, so the kept generator is the last one: it depends on every
     # step of both trials (the scoring victims are covered by the other tests)
     monkeypatch.setattr(DeepConfuse, "_score", lambda self, g, d, t, h, trial: {"clean_acc": 1 / (trial + 2),
                                                                                  "target_rate": 0.0})
-    options = {**TINY, "trials_per_classifier": per_classifier}
-    expected = DeepConfuse(**options).poison(tiny_set)
-    resumed = crash(partial(DeepConfuse, **options), "poison", tiny_set, tmp_path / "state.pt",  # saved every step
+    expected = DeepConfuse(**TINY).poison(tiny_set)
+    resumed = crash(partial(DeepConfuse, **TINY), "poison", tiny_set, tmp_path / "state.pt",  # saved every step
                     (DeepConfuse, "_step", crash_at_step + 1))
     steps_per_trial = 2  # smoke: 0.25 epoch of 500 training images in batches of 64
     assert itemgetter("trial", "step")(resumed.load_state()) == divmod(crash_at_step, steps_per_trial)
     np.testing.assert_array_equal(resumed.poison(tiny_set).x, expected.x)  # as if never interrupted
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
-
-
-def test_a_classifier_can_live_across_trials(tiny_set, monkeypatch):
-    # the last generator is kept, so the output depends on the classifier that trial 2 trained against
-    monkeypatch.setattr(DeepConfuse, "_score", lambda self, g, d, t, h, trial: {"clean_acc": 1 / (trial + 2),
-                                                                                 "target_rate": 0.0})
-    made = []
-    original = DeepConfuse._classifier
-    monkeypatch.setattr(DeepConfuse, "_classifier", lambda self, *a: made.append(1) or original(self, *a))
-    fresh = DeepConfuse(**TINY).poison(tiny_set)
-    assert len(made) == 2
-    kept = DeepConfuse(**{**TINY, "trials_per_classifier": 2}).poison(tiny_set)
-    assert len(made) == 3  # one classifier for both trials
-    assert not np.array_equal(fresh.x, kept.x)
 
 
 def test_time_limit_starts_no_trial_that_would_end_past_it(tiny_set, monkeypatch):

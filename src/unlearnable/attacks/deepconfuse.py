@@ -47,6 +47,9 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   is a victim that learns through the perturbation as it trains: 12,000 protected images train it to 6.8% in 3
   epochs and 32.6% in 10 (8.4% / 38.9% on images the generator never saw); trials twice as long (4 of 8 epochs, the
   same steps) did worse, 42.9% / 31.4% at seeds 0 / 1, and a 3x surrogate step (``lr=0.3``) 28.0% / 21.1% (session 25);
+  a classifier that lives two trials of the same 8 (752 steps, about the victim's 705; commit ``2886875``, not kept)
+  gave 20.2 / 14.3 / 35.1% at seeds 0-2 against the preset's 30.5 / 20.7 / 22.9% on a Zen 4 EPYC (means 23.2 /
+  24.7: within the seeds' spread), and one that lives four trials 38.9% at seed 0 (session 37);
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and
@@ -334,7 +337,6 @@ class DeepConfuse(Attack):
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
     victim: str = "cnn"  # scoring victim architecture
     time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
-    trials_per_classifier: int = 1  # trials one surrogate classifier lives before it is re-initialised (official: 1)
 
     name = "deepconfuse"
     presets = {
@@ -364,8 +366,6 @@ class DeepConfuse(Attack):
               "train_size, holdout, score_size and time_limit must not be negative")
         check(self.holdout >= 1, "holdout must be at least 1 (the trials are scored on it)")
         check(self.score_epochs >= 1, f"score_epochs must be at least 1, got {self.score_epochs}")
-        check(self.trials_per_classifier >= 1,
-              f"trials_per_classifier must be at least 1, got {self.trials_per_classifier}")
         from ..models import CLASSICAL, MODELS
 
         check(self.surrogate in MODELS and self.surrogate not in CLASSICAL,
@@ -437,13 +437,11 @@ class DeepConfuse(Attack):
                         log.info("deepconfuse: %d trials in %.0f s; one more would pass the time limit of %.0f s",
                                  trial, spent, self.time_limit)
                         break
-                resumed = state is not None and trial == first_trial and state["classifier"] is not None
-                if trial % self.trials_per_classifier == 0 or resumed:  # else the last trial's classifier goes on
-                    clf = self._classifier(data, device)
-                    trainer = Trainer(clf, cfg, steps * self.trials_per_classifier, data.image_size[0],
-                                      flip=default_flip(data.source), device=device, gen=gen)
+                clf = self._classifier(data, device)
+                trainer = Trainer(clf, cfg, steps, data.image_size[0], flip=default_flip(data.source),
+                                  device=device, gen=gen)
                 start = 0
-                if resumed:
+                if mid_trial:
                     clf.load_state_dict(state["classifier"]["model"])
                     trainer.opt.load_state_dict(state["classifier"]["opt"])
                     trainer.sched.load_state_dict(state["classifier"]["sched"])
@@ -468,8 +466,8 @@ class DeepConfuse(Attack):
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
                     best, self.generator_ = key, copy.deepcopy(g_frozen).eval()
-                if self.checkpoint:  # with the classifier if the next trial goes on training it
-                    save(trial + 1, 0, trainer if (trial + 1) % self.trials_per_classifier else None)
+                if self.checkpoint:
+                    save(trial + 1, 0)
         self.generator_.cpu().eval()
         self.clear_state()
         return self

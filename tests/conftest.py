@@ -1,13 +1,16 @@
 """Shared fixtures: real Fashion-MNIST subsets, loaded once per session, and a fast victim recipe."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 os.environ.setdefault("UNLEARNABLE_NO_PROGRESS", "1")
 os.environ["UNLEARNABLE_CACHE"] = tempfile.mkdtemp(prefix="unlearnable-test-cache-")  # no state across runs
+atexit.register(shutil.rmtree, os.environ["UNLEARNABLE_CACHE"], ignore_errors=True)  # and no litter in /tmp
 
 
 def pytest_configure(config):

@@ -7,7 +7,33 @@ import platform
 import resource
 from pathlib import Path
 
+import numpy as np
 import torch
+
+
+def seed_list(text: str, default: int) -> list[int]:
+    """``--victim-seeds 0,1,2`` as a list; empty: ``[default]`` (the script's ``--seed``)."""
+    try:
+        return [int(v) for v in text.split(",")] if text else [default]
+    except ValueError:
+        raise SystemExit(f"error: --victim-seeds takes comma-separated integers, got {text!r}") from None
+
+
+def victim_runs(data, test, model: str, cfg, seeds: list[int]) -> list:
+    """One victim (``unlearnable.training.train``) per seed: their ``TrainResult`` objects."""
+    import dataclasses
+
+    from unlearnable.training import train
+
+    return [train(data, test, model, dataclasses.replace(cfg, seed=s)) for s in seeds]
+
+
+def summary(key: str, values: list[float]) -> dict:
+    """``{key: value}`` for one run; for several, ``key`` is their mean, with ``key_runs`` and ``key_std`` beside it
+    (their sample standard deviation: how far the victim's own seed moves the figure)."""
+    if len(values) == 1:
+        return {key: values[0]}
+    return {key: float(np.mean(values)), f"{key}_runs": values, f"{key}_std": float(np.std(values, ddof=1))}
 
 
 def run_meta(**extra) -> dict:

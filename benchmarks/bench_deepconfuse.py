@@ -14,8 +14,9 @@ clean data (top row) and on protected data (bottom row) (Fig. 10); ``eps-sweep``
 and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the training split on the default device
 (best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe
 (``--epochs``); ``--subset N`` trains every victim on a seeded stratified subset (resnet18 is ~60 images/s on a
-2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). One JSON line per result
-goes to ``--json``.
+2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2``
+trains each ``victims`` victim once per seed and reports the means, with the runs and their standard deviation
+beside them. One JSON line per result goes to ``--json``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import emit, run_meta
+from _common import emit, run_meta, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
@@ -52,11 +53,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=TrainConfig.lr, help="neural victims' peak learning rate")
     ap.add_argument("--subset", type=int, default=0, help="train victims on a seeded subset of N images")
     ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
+    ap.add_argument("--victim-seeds", default="", help="`victims`: comma-separated victim seeds (default: --seed); "
+                                                         "the rows give their means")
     ap.add_argument("--batch-sizes", default="256,1024", help="`speed`: protect batch sizes")
     ap.add_argument("--repeats", type=int, default=3, help="`speed`: timed runs per batch size (the best counts)")
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
     ap.add_argument("--json", default="benchmarks/results/deepconfuse.jsonl")
     args = ap.parse_args()
+    seeds = seed_list(args.victim_seeds, args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     train_set, test_set = load(args.data)
@@ -119,10 +123,11 @@ def main() -> None:
     if args.experiment == "victims":
         cfg = dataclasses.replace(cfg, eval_every=args.epochs)  # only the final accuracy is reported
         for name in args.victims.split(","):
-            clean = train(victim_set(train_set), test_set, name, cfg)
-            bad = train(victim_set(protected), test_set, name, cfg)
-            record({"experiment": "victims", "eps": eps, "victim": name, "clean": clean.test_acc, "acc": bad.test_acc,
-                  "train": len(victim_set(train_set)), "fit_s": round(bad.seconds, 1)})
+            clean = victim_runs(victim_set(train_set), test_set, name, cfg, seeds)
+            bad = victim_runs(victim_set(protected), test_set, name, cfg, seeds)
+            record({"experiment": "victims", "eps": eps, "victim": name, "victim_seeds": seeds,
+                    **summary("clean", [r.test_acc for r in clean]), **summary("acc", [r.test_acc for r in bad]),
+                    "train": len(victim_set(train_set)), "fit_s": round(bad[0].seconds, 1)})
     elif args.experiment == "partial":
         for ratio in map(float, args.ratios.split(",")):
             index = create_attack("label-flip", ratio=ratio, seed=args.seed).select(len(train_set))

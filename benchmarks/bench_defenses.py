@@ -13,7 +13,9 @@ With ``--flagged-only`` the contrast detector (trusted images: the clean test sp
 purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result; a fourth trains on
 the set without the flagged samples (``detect.drop_flagged``).
 ``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
-the rest of the images clean). One JSON line per result goes to ``--json``.
+the rest of the images clean). ``--victim-seeds 0,1,2,3,4`` trains the before / after victims once per seed and
+reports their means, with the runs and their standard deviation beside them. One JSON line per result goes to
+``--json``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import argparse
 import logging
 import time
 
-from _common import emit, run_meta, set_jobs
+from _common import emit, run_meta, seed_list, set_jobs, summary, victim_runs
 from unlearnable.data import load
 from unlearnable.defenses import create_defense
 from unlearnable.training import TrainConfig, train
@@ -43,26 +45,29 @@ def main() -> None:
     ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
+    ap.add_argument("--victim-seeds", default="", help="comma-separated victim seeds for before / after "
+                                                         "(default: --seed); the rows give their means")
     ap.add_argument("--json", default="benchmarks/results/defenses.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     options = dict(o.split("=", 1) for o in args.options)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
-    meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs)
+    seeds = seed_list(args.victim_seeds, args.seed)
+    meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs, victim_seeds=seeds)
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data, seed=args.seed):
         _, test = load(data.source)
-        before = train(data, test, "cnn", cfg).test_acc
+        before = [r.test_acc for r in victim_runs(data, test, "cnn", cfg, seeds)]
         defense = create_defense(args.defense, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
         purified = defense.fit_transform(data)
         seconds = time.perf_counter() - t0
-        after = train(purified, test, "cnn", cfg)
+        after = victim_runs(purified, test, "cnn", cfg, seeds)
         row = {"set": name, "attack": data.provenance.get("method", "clean"),
                "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
                "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
-               "before": before, "after": after.test_acc, "after_peak": after.peak_test_acc,
-               "purify_s": round(seconds, 1)}
+               **summary("before", before), **summary("after", [r.test_acc for r in after]),
+               **summary("after_peak", [r.peak_test_acc for r in after]), "purify_s": round(seconds, 1)}
         if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (a measurement)
             row["label_sensitivity"] = defense.label_sensitivity(data.x, data.y)
         if args.detect and "changed" in data.provenance:

@@ -115,10 +115,10 @@ high-frequency energy (3.25 -> 2.73, class-wise EM 8/255 4.76 -> 4.47 under clea
 Those prices are against one victim at seed 0, this Zen 4's best clean victim (92.11% against a mean of 91.76% over
 seeds 0-4): with five victims per fit, seeds 0-3 cost 2.48 / 2.72 / 3.18 / 2.84 (mean 2.81, session 40).
 Float32 instead of bf16 autocast (``amp=False``) is no lever (the same seeds: mean 2.83, 1.45x the time); twice the
-learning rate (``lr=0.01``, the same time) sharpened stage 2 (last MSE 0.0053 against 0.0076 at seed 0) and
-cost 2.14 / 2.22 / 2.32 at seeds 0-2, and its seed-0 fit recovered class-wise EM 8/255 to 86.9% (five victims
-86.4-87.1%, against 85.4% for ``fast``) (session 41). Not yet the preset: sharper outputs let sample-wise EM through
-at ``width=24``, and the other attacks are not measured at ``lr=0.01``."""
+learning rate (``lr=0.01``, the same time) sharpened stage 2 (last MSE 0.0053 against 0.0076 at seed 0) and cost
+2.14 / 2.22 / 2.32 / 2.96 at seeds 0-3 (mean 2.41 against 2.81), and its seed-0 fit recovered class-wise EM 8/255 to
+86.9% (five victims 86.4-87.1%, against 85.4% for ``fast``) (session 41). Not yet the preset: sharper outputs let
+sample-wise EM through at ``width=24``, and the other attacks are not measured at ``lr=0.01``."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

@@ -119,8 +119,9 @@ learning rate (``lr=0.01``, the same time) sharpened stage 2 (last MSE 0.0053 ag
 2.14 / 2.22 / 2.32 / 2.96 at seeds 0-3 (mean 2.41 against 2.81), and its seed-0 fit recovered class-wise EM 8/255 to
 86.9% (five victims 86.4-87.1%, against 85.4% for ``fast``) (session 41). Over seeds 0-4 it cost 2.44 against 3.00
 (``fast`` at seed 4: 3.77), better at four seeds of five; at seed 0 it tied ``fast`` against sample-wise EM 8/255
-(88.2 / 88.1%) and lost 0.5 points against REM 8/255 (87.2 / 87.7%) (session 42). Not the preset: the clean price
-stays over 2 points either way, and what it gains on clean images it may give back on per-image perturbations."""
+(88.2 / 88.1%) and lost 0.5 points against REM 8/255 (87.2 / 87.7%), and at seed 1 it let sample-wise EM through
+(85.8%, victims 83.7-87.9%, one under clean - 8) (session 42). Not the preset: the clean price stays over 2 points
+either way, and what it gains on clean images it gives back on per-image perturbations."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

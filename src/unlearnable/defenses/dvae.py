@@ -114,14 +114,10 @@ two fits' outputs (3.38 over six pairs; it is smoother still) and an unsharp mas
 high-frequency energy (3.25 -> 2.73, class-wise EM 8/255 4.76 -> 4.47 under clean, colour 4.9 points worse).
 Those prices are against one victim at seed 0, this Zen 4's best clean victim (92.11% against a mean of 91.76% over
 seeds 0-4): with five victims per fit, seeds 0-3 cost 2.48 / 2.72 / 3.18 / 2.84 (mean 2.81, session 40).
-Float32 instead of bf16 autocast (``amp=False``) is no lever (the same seeds: mean 2.83, 1.45x the time); twice the
-learning rate (``lr=0.01``, the same time) sharpened stage 2 (last MSE 0.0053 against 0.0076 at seed 0) and cost
-2.14 / 2.22 / 2.32 / 2.96 at seeds 0-3 (mean 2.41 against 2.81), and its seed-0 fit recovered class-wise EM 8/255 to
-86.9% (five victims 86.4-87.1%, against 85.4% for ``fast``) (session 41). Over seeds 0-4 it cost 2.44 against 3.00
-(``fast`` at seed 4: 3.77), better at four seeds of five; at seed 0 it tied ``fast`` against sample-wise EM 8/255
-(88.2 / 88.1%) and lost 0.5 points against REM 8/255 (87.2 / 87.7%), and at seed 1 it let sample-wise EM through
-(85.8%, victims 83.7-87.9%, one under clean - 8) (session 42). Not the preset: the clean price stays over 2 points
-either way, and what it gains on clean images it gives back on per-image perturbations."""
+Neither float32 (``amp=False``: 2.83 at seeds 0-3, 1.45x the time) nor twice the learning rate is a lever:
+``lr=0.01`` cost 2.44 against 3.00 over seeds 0-4 but let per-image poison through (sample-wise EM 85.8% against
+88.3% at seed 1, REM 0.5 / 1.5 points worse at seeds 0 / 1), so the preset keeps 5e-3 (BENCHMARKS.md, sessions
+41-42)."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network

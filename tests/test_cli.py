@@ -86,6 +86,7 @@ def test_list_is_fast_and_lists():
     (["purify", "--defense", "nope", "--data", "{tmp}", "--out", "{tmp}/o"], "unknown defense"),
     (["train", "--model", "nope"], "unknown model"),
     (["train", "--data", "folder:{tmp}/missing"], "does not exist"),
+    (["purify", "--defense", "jpeg", "--data", "{tmp}/missing", "--out", "{tmp}/o"], "no saved set at"),
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),

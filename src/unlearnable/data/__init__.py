@@ -25,8 +25,13 @@ def load(spec: str) -> tuple[ImageSet, ImageSet]:
         train = load_set(spec)
         _, test = load_dataset(train.source)
         return train, test
-    if Path(spec).is_dir() and ":" not in spec:
-        raise UnlearnableError(f"{spec} is a directory without manifest.json; for an image tree use folder:{spec}")
+    if ":" not in spec:
+        if Path(spec).is_dir():
+            raise UnlearnableError(f"{spec} is a directory without manifest.json; for an image tree use "
+                                   f"folder:{spec}")
+        if spec not in DATASETS and ("/" in spec or spec.startswith((".", "~"))):  # a path, not a dataset name
+            raise UnlearnableError(f"no saved set at {spec} (no such directory); a dataset is one of: "
+                                   f"{', '.join(DATASETS.names())}")
     return load_dataset(spec)
 
 

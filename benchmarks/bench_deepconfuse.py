@@ -2,9 +2,9 @@
 
     python benchmarks/bench_deepconfuse.py train --eps 0.3 --out G.safetensors [--set preset=fast ...]
     python benchmarks/bench_deepconfuse.py victims --generator G.safetensors [--victims cnn,convnet,svm-linear,...]
-    python benchmarks/bench_deepconfuse.py partial --generator G.safetensors [--ratios 0.2,0.4,0.6,0.8,1.0]
+    python benchmarks/bench_deepconfuse.py partial --generator G.safetensors [--ratios 0.2,0.6,1.0] [--plot P.png]
     python benchmarks/bench_deepconfuse.py svm-weights --generator G.safetensors --png weights.png
-    python benchmarks/bench_deepconfuse.py eps-sweep --eps 0.1,0.15,0.2,0.25,0.3 [--set preset=fast]
+    python benchmarks/bench_deepconfuse.py eps-sweep --eps 0.1,0.15,0.2,0.25,0.3 [--set preset=fast] [--plot P.png]
     python benchmarks/bench_deepconfuse.py speed --generator G.safetensors [--batch-sizes 256,1024]
 
 ``victims`` is the transfer experiment (Fig. 6/7: each victim trained on clean vs protected data, clean test
@@ -16,7 +16,8 @@ and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the tr
 (``--epochs``); ``--subset N`` trains every victim on a seeded stratified subset (resnet18 is ~60 images/s on a
 2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2``
 trains each ``victims`` victim once per seed and reports the means, with the runs and their standard deviation
-beside them. One JSON line per result goes to ``--json``.
+beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as curves (PNG) with the clean victim as a dashed
+line, after training that victim too. One JSON line per result goes to ``--json``.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from _common import emit, run_meta, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
+from unlearnable.report import curve_plot
 from unlearnable.training import TrainConfig, predict, resolve_device, train
 
 
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="256,1024", help="`speed`: protect batch sizes")
     ap.add_argument("--repeats", type=int, default=3, help="`speed`: timed runs per batch size (the best counts)")
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
+    ap.add_argument("--plot", help="`partial` / `eps-sweep`: also train the clean victim and draw the curves here")
     ap.add_argument("--json", default="benchmarks/results/deepconfuse.jsonl")
     args = ap.parse_args()
     seeds = seed_list(args.victim_seeds, args.seed)
@@ -71,10 +74,17 @@ def main() -> None:
     def victim_set(data):
         return data.take(args.subset, seed=args.seed) if args.subset else data
 
-    def record(row: dict) -> None:
-        emit({**base, **row}, args.json)
+    def record(row: dict) -> dict:
+        return emit({**base, **row}, args.json)
+
+    def clean_victim() -> float:
+        """The default victim on the clean training split: the dashed line of a ``--plot``."""
+        acc = train(victim_set(train_set), test_set, "cnn", cfg).test_acc
+        record({"experiment": args.experiment, "victim": "cnn", "clean": acc})
+        return acc
 
     if args.experiment in ("train", "eps-sweep"):
+        rows = []
         for eps in map(float, args.eps.split(",")):
             attack = create_attack("deepconfuse", eps=eps, **{"seed": args.seed, **options})
             t0 = time.perf_counter()
@@ -91,7 +101,13 @@ def main() -> None:
             if attack.targeted:  # the paper's label-specific success: clean test images the victim puts in eta(y)
                 pred = predict(result.model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
                 row["target_rate"] = float((pred == (test_set.y + 1) % test_set.num_classes).mean())
-            record(row)
+            rows.append(record(row))
+        if args.plot and args.experiment == "eps-sweep":
+            plot = curve_plot({"DeepConfuse": ([r["eps"] for r in rows], [r["acc"] for r in rows])}, args.plot,
+                              "eps (L-inf budget, fraction of the pixel range)", "victim clean test accuracy",
+                              f"{args.data}: victim `cnn` {args.epochs} epochs on protected data (Fig. 4)",
+                              {"clean training": clean_victim()})
+            print(f"plot: {plot}")
         return
 
     if not args.generator:
@@ -129,15 +145,24 @@ def main() -> None:
                     **summary("clean", [r.test_acc for r in clean]), **summary("acc", [r.test_acc for r in bad]),
                     "train": len(victim_set(train_set)), "fit_s": round(bad[0].seconds, 1)})
     elif args.experiment == "partial":
+        rows = []
         for ratio in map(float, args.ratios.split(",")):
             index = create_attack("label-flip", ratio=ratio, seed=args.seed).select(len(train_set))
             x = train_set.x.copy()
             x[index] = protected.x[index]
             mixed = train_set.replace(x=x)
             flipped = create_attack("label-flip", ratio=ratio, seed=args.seed).poison(train_set)
-            record({"experiment": "partial", "eps": eps, "ratio": ratio,
-                  "deepconfuse": train(victim_set(mixed), test_set, "cnn", cfg).test_acc,
-                  "label_flip": train(victim_set(flipped), test_set, "cnn", cfg).test_acc})
+            rows.append(record({"experiment": "partial", "eps": eps, "ratio": ratio,
+                                "deepconfuse": train(victim_set(mixed), test_set, "cnn", cfg).test_acc,
+                                "label_flip": train(victim_set(flipped), test_set, "cnn", cfg).test_acc}))
+        if args.plot:
+            ratios = [r["ratio"] for r in rows]
+            plot = curve_plot({f"DeepConfuse, eps {eps:g}": (ratios, [r["deepconfuse"] for r in rows]),
+                               "random label flip": (ratios, [r["label_flip"] for r in rows])}, args.plot,
+                              "fraction of the training set changed", "victim clean test accuracy",
+                              f"{args.data}: victim `cnn` {args.epochs} epochs (Fig. 5)",
+                              {"clean training": clean_victim()})
+            print(f"plot: {plot}")
     elif args.experiment == "svm-weights":
         from unlearnable.report import image_grid
 

@@ -11,9 +11,10 @@ keep the classes (and so the perturbation) - satisfies, with r = delta / sigma,
 and grows with r. So a rate limit (the ``kld_limit`` of the rate-constrained VAE) removes perturbations with large
 inter-class distance and small intra-class variance first - the strong unlearnable examples.
 
-    python benchmarks/theory_kl.py [--r 0,0.25,0.5,1,2,4,8,16]
+    python benchmarks/theory_kl.py [--r 0,0.25,0.5,1,2,4,8,16] [--plot kl.png]
 
-The KL is computed by quadrature of the exact mixture density (scipy), not from the bound's formula.
+The KL is computed by quadrature of the exact mixture density (scipy), not from the bound's formula; ``--plot``
+draws it with both bounds over a logarithmic r axis.
 """
 from __future__ import annotations
 
@@ -40,9 +41,27 @@ def kl_to_standard_normal(r: float) -> float:
     return value
 
 
+def plot(rs: list[float], kls: list[float], path: str):
+    """KL(r) by quadrature on a log-spaced grid of r > 0 (with the table's r), and both bounds."""
+    import numpy as np
+
+    from unlearnable.report import curve_plot
+
+    grid = sorted(set(np.round(np.geomspace(0.05, max(max(rs), 1.0), 60), 4)) | {r for r in rs if r > 0})
+    lower = [math.log(1 + r * r) / 2 - math.log(2) for r in grid]
+    upper = [math.log(1 + r * r) / 2 for r in grid]
+    out = curve_plot({"upper ln(1+r^2)/2": (grid, upper), "KL (quadrature)": (grid, [kl_to_standard_normal(r)
+                      for r in grid]), "lower ln(1+r^2)/2 - ln 2": (grid, lower)}, path,
+                     "r = delta / sigma (inter-class distance over intra-class spread)",
+                     "KL to N(0, 1), nats", "D-VAE Theorem 2: two classes in 1-D after normalisation",
+                     percent=False, markers=False, xscale="log")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--r", default="0,0.25,0.5,1,2,4,8,16", help="comma-separated delta / sigma ratios")
+    ap.add_argument("--plot", help="also draw KL(r) and the bounds as a PNG")
     args = ap.parse_args()
     rs = [float(v) for v in args.r.split(",")]
     print("| r = delta/sigma | lower ln(1+r^2)/2 - ln 2 | KL (quadrature) | upper ln(1+r^2)/2 | within |")
@@ -57,6 +76,8 @@ def main() -> None:
         print(f"| {r:g} | {lo:.4f} | {kl:.4f} | {hi:.4f} | {'yes' if inside else 'NO'} |")
     increasing = all(b >= a - 1e-12 for a, b in zip(kls, kls[1:])) if rs == sorted(rs) else None
     print(f"\nall within the bounds: {ok}; KL increasing in r: {increasing}")
+    if args.plot:
+        print(f"plot: {plot(rs, kls, args.plot)}")
     raise SystemExit(0 if ok and increasing is not False else 1)
 
 

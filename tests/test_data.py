@@ -191,3 +191,14 @@ def test_subset_renumbers_the_per_sample_records(small_train):
     assert part.provenance["changed"] == [1, 3] and part.provenance["label_changed"] == [1]
     assert part.provenance["norms"] == {"linf": [0, 4, 5, 7]} and part.provenance["source_index"] == [0, 4, 5, 7]
     assert data.provenance["changed"] == [1, 4, 7]  # the parent's record is not touched
+
+
+def test_curve_plot_writes_a_png_atomically(tmp_path):
+    from PIL import Image
+
+    from unlearnable.report import curve_plot
+
+    path = curve_plot({"attack": ([0.2, 0.6, 1.0], [0.9, 0.85, 0.3]), "flip": ([0.2, 0.6, 1.0], [0.9, 0.8, 0.1])},
+                      tmp_path / "c.png", "ratio", "accuracy", hlines={"clean": 0.92})
+    assert path == tmp_path / "c.png" and Image.open(path).format == "PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left

@@ -93,6 +93,40 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes
         plt.close(fig)
 
 
+def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
+               ylabel: str, title: str = "", hlines: dict[str, float] | None = None, percent: bool = True,
+               markers: bool = True, xscale: str = "linear") -> Path:
+    """Save a PNG line plot: one line per ``{label: (xs, ys)}`` (points marked if ``markers``), dashed horizontal
+    references ``hlines`` (``{label: y}``, e.g. the clean victim); ``percent`` shows fractions in [0, 1] as
+    percentages; ``xscale`` is matplotlib's (``"log"``, ``"symlog"``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o" if markers else None, label=label)
+    for label, y in (hlines or {}).items():
+        ax.axhline(y, color="gray", linestyle="--", linewidth=1, label=label)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylim(0, 1)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def magnify(perturbation: np.ndarray, eps_levels: float) -> np.ndarray:
     """A signed perturbation in 8-bit levels shown as an image: 0 -> mid-grey, +-eps -> white/black."""
     scale = 127.5 / max(eps_levels, 1)

@@ -119,6 +119,9 @@ def test_poison_info_train_export_purify(tmp_path):
     assert json.loads((out / "manifest.json").read_text()) == manifest
     info = run("info", str(out), check_rc=0).stdout
     assert "random-noise" in info and "PSNR" in info and "8/255" in info
+    grid = tmp_path / "grid.png"
+    assert "grid:" in run("info", str(out), "--grid", str(grid), check_rc=0).stdout and grid.stat().st_size > 1000
+    assert "overwrite" in one_line_error(run("info", str(out), "--grid", str(grid)))
     res = json.loads(run("train", "--data", str(out), "--epochs", "1", "--json", check_rc=0).stdout)
     assert {"test_acc", "peak_test_acc", "train_acc", "seconds", "epochs"} <= set(res) and res["epochs"] == 1
     run("export", str(out), "--format", "png", "--out", str(tmp_path / "png"), check_rc=0)

@@ -198,11 +198,24 @@ def export(
 
 
 @app.command()
-def info(data: str = typer.Argument(..., help="a saved set directory")) -> None:
+def info(
+    data: str = typer.Argument(..., help="a saved set directory"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="also write a PNG: clean / saved / difference, one "
+                                                             "image per class"),
+    overwrite: bool = typer.Option(False, help="replace an existing --grid file"),
+) -> None:
     """Show a saved set's manifest, perturbation norms and PSNR/SSIM against the clean images."""
     from .report import describe_set  # noqa: I001
 
+    if grid is not None:
+        from .data.store import check_out_file
+
+        check_out_file(grid, overwrite)
     typer.echo(describe_set(data))
+    if grid is not None:
+        from .report import set_grid
+
+        typer.echo(f"grid:       {set_grid(data, grid)}")
 
 
 @app.command()

@@ -127,6 +127,28 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
         plt.close(fig)
 
 
+def set_grid(path: str | Path, png: str | Path, per_class: int = 1) -> Path:
+    """A PNG of what a saved set did to its images: the clean image, the saved one and their difference magnified
+    (mid-grey = unchanged; white / black = +- the attack's budget, or for a purified set, or one without a budget,
+    the largest change shown), ``per_class`` columns per class, each a changed sample where the class has one."""
+    from .data.store import budget_levels
+
+    data = load_set(path)
+    clean = clean_counterpart(data)
+    x = np.asarray(data.x)
+    changed = (x != clean.x).reshape(len(x), -1).any(1)
+    idx = np.concatenate([np.r_[np.flatnonzero((data.y == c) & changed), np.flatnonzero((data.y == c) & ~changed)]
+                          [:per_class] for c in range(data.num_classes)])
+    delta = x[idx].astype(np.int16) - clean.x[idx]
+    p = data.provenance
+    eps = p.get("budget", {}).get("eps")
+    levels = budget_levels(eps) if eps and "purified_by" not in p else int(np.abs(delta).max())
+    name = p["purified_by"]["method"] if "purified_by" in p else p.get("method", "saved")
+    role = "purified" if "purified_by" in p else "poisoned" if "method" in p else "saved"
+    return image_grid([("clean", clean.x[idx]), (f"{role}\n({name})", x[idx]),
+                       (f"difference\n(+-{levels} levels)", magnify(delta, levels))], png, data.classes, data.y[idx])
+
+
 def magnify(perturbation: np.ndarray, eps_levels: float) -> np.ndarray:
     """A signed perturbation in 8-bit levels shown as an image: 0 -> mid-grey, +-eps -> white/black."""
     scale = 127.5 / max(eps_levels, 1)

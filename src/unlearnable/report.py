@@ -66,13 +66,29 @@ def describe_set(path: str | Path) -> str:
     return "\n".join(lines)
 
 
-def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes: Sequence[str] | None = None,
-               labels: np.ndarray | None = None) -> Path:
-    """Save a PNG grid: one row per ``(title, uint8 N x C x H x W images)``, the same N columns in each row."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Lay out and write ``fig`` as a PNG via a temporary file and a rename, then free it."""
+    fig.tight_layout()
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        _pyplot().close(fig)
+
+
+def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes: Sequence[str] | None = None,
+               labels: np.ndarray | None = None) -> Path:
+    """Save a PNG grid: one row per ``(title, uint8 N x C x H x W images)``, the same N columns in each row."""
+    plt = _pyplot()
 
     n = len(rows[0][1])
     fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
@@ -86,11 +102,7 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes
                 ax.set_ylabel(title, fontsize=8)
             if r == 0 and classes is not None and labels is not None:
                 ax.set_title(classes[labels[c]], fontsize=7)
-    fig.tight_layout()
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_png(fig, path)
 
 
 def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
@@ -99,10 +111,7 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     """Save a PNG line plot: one line per ``{label: (xs, ys)}`` (points marked if ``markers``), dashed horizontal
     references ``hlines`` (``{label: y}``, e.g. the clean victim); ``percent`` shows fractions in [0, 1] as
     percentages; ``xscale`` is matplotlib's (``"log"``, ``"symlog"``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib.ticker import PercentFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
@@ -120,11 +129,7 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_png(fig, path)
 
 
 def set_grid(path: str | Path, png: str | Path, per_class: int = 1) -> Path:
@@ -197,10 +202,7 @@ def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Pat
 def score_histogram(detection: Detection, path: str | Path, changed: Sequence[int] | np.ndarray | None = None) -> Path:
     """A PNG histogram of the detection scores with the threshold as a line; when ``changed`` (the truly
     poisoned indices) is known, poisoned and clean samples are drawn in two colours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     s = np.asarray(detection.scores, dtype=np.float64)
     bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
@@ -218,8 +220,4 @@ def score_histogram(detection: Detection, path: str | Path, changed: Sequence[in
     ax.set_xlabel(f"{detection.method or 'detector'} score (higher = more suspicious)")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
+    return _save_png(fig, path)

@@ -211,11 +211,7 @@ def info(
         from .data.store import check_out_file
 
         check_out_file(grid, overwrite)
-    typer.echo(describe_set(data))
-    if grid is not None:
-        from .report import set_grid
-
-        typer.echo(f"grid:       {set_grid(data, grid)}")
+    typer.echo(describe_set(data, grid))
 
 
 @app.command()

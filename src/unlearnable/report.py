@@ -32,7 +32,9 @@ def mean_ssim(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     return float(np.mean(vals))
 
 
-def describe_set(path: str | Path) -> str:
+def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
+    """A saved set's manifest, and its perturbation norms and PSNR / SSIM against the clean images; with ``grid``,
+    also :func:`set_grid` written there (from the same loaded images)."""
     data = load_set(path)
     p = data.provenance
     lines = [f"set:        {path}", f"source:     {data.source} ({data.split}, {len(data)} images, "
@@ -49,10 +51,13 @@ def describe_set(path: str | Path) -> str:
     try:
         clean = clean_counterpart(data)
     except UnlearnableError as e:
+        if grid is not None:
+            raise UnlearnableError(f"no grid without the clean images: {e}") from None
         lines.append(f"vs clean:   unavailable ({e})")
         return "\n".join(lines)
     x = np.asarray(data.x)
-    changed = np.flatnonzero((x != clean.x).reshape(len(x), -1).any(1))
+    differs = (x != clean.x).reshape(len(x), -1).any(1)
+    changed = np.flatnonzero(differs)
     lines.append(f"differs:    {len(changed)} images differ from the clean split; "
                  f"{int((data.y != clean.y).sum())} labels differ")
     if len(changed):
@@ -63,6 +68,8 @@ def describe_set(path: str | Path) -> str:
         lines.append(f"L2:         max {l2.max():.3f}, mean {l2.mean():.3f}")
         lines.append(f"PSNR:       mean {np.mean(ps[np.isfinite(ps)]):.2f} dB (changed images)")
         lines.append(f"SSIM:       mean {mean_ssim(x[changed], clean.x[changed]):.4f} (changed images)")
+    if grid is not None:
+        lines.append(f"grid:       {set_grid(data, clean, differs, grid)}")
     return "\n".join(lines)
 
 
@@ -132,18 +139,15 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     return _save_png(fig, path)
 
 
-def set_grid(path: str | Path, png: str | Path, per_class: int = 1) -> Path:
+def set_grid(data: ImageSet, clean: ImageSet, changed: np.ndarray, png: str | Path, per_class: int = 1) -> Path:
     """A PNG of what a saved set did to its images: the clean image, the saved one and their difference magnified
     (mid-grey = unchanged; white / black = +- the attack's budget, or for a purified set, or one without a budget,
-    the largest change shown), ``per_class`` columns per class, each a changed sample where the class has one."""
+    the largest change shown), ``per_class`` columns per class, each a ``changed`` sample (boolean mask) where the
+    class has one."""
     from .data.store import budget_levels
 
-    data = load_set(path)
-    clean = clean_counterpart(data)
+    idx = subset_for_grid(data, per_class, prefer=changed)
     x = np.asarray(data.x)
-    changed = (x != clean.x).reshape(len(x), -1).any(1)
-    idx = np.concatenate([np.r_[np.flatnonzero((data.y == c) & changed), np.flatnonzero((data.y == c) & ~changed)]
-                          [:per_class] for c in range(data.num_classes)])
     delta = x[idx].astype(np.int16) - clean.x[idx]
     p = data.provenance
     eps = p.get("budget", {}).get("eps")
@@ -166,9 +170,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(out)
 
 
-def subset_for_grid(data: ImageSet, per_class: int = 1) -> np.ndarray:
-    """Indices of the first ``per_class`` samples of each class (for picture rows)."""
-    return np.concatenate([np.flatnonzero(data.y == c)[:per_class] for c in range(data.num_classes)])
+def subset_for_grid(data: ImageSet, per_class: int = 1, prefer: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of each class (for picture rows); with ``prefer`` (a boolean
+    mask), the preferred samples of a class come before its others."""
+    order = np.arange(len(data)) if prefer is None else np.r_[np.flatnonzero(prefer), np.flatnonzero(~prefer)]
+    return np.concatenate([order[data.y[order] == c][:per_class] for c in range(data.num_classes)])
 
 
 def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +294,40 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     assert (tmp_path / "grid.png").stat().st_size > 1000
     poisoned = load_set(tmp_path / "poisoned")
     assert len(poisoned) == 300 and len(load_set(tmp_path / "purified-dvae")) == 300
+
+
+def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monkeypatch):
+    """The data owner's use: a folder in, the same tree of protected PNGs out (the 20% a folder's split would hold
+    out included), each file within the generator's budget; a saved set says which images it leaves out."""
+    from PIL import Image
+
+    from unlearnable.attacks.deepconfuse import build_generator, save_generator
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    g = build_generator("ae", 1, 28, eps=16 / 255)
+    for m in g.modules():  # batch-norm statistics of one batch: an untrained generator that uses its budget
+        m.momentum = None if isinstance(m, torch.nn.BatchNorm2d) else getattr(m, "momentum", None)
+    with torch.no_grad():
+        g.train()(torch.rand(64, 1, 28, 28))
+    save_generator(g.eval(), tmp_path / "g.safetensors")
+    rng = np.random.default_rng(0)
+    names = [f"{c}/{c[0]}{i}.{'jpg' if i == 0 else 'png'}" for c in ("coats", "shoes") for i in range(5)]
+    for name in names:
+        (tmp_path / "new" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "new" / name)
+    run("protect", "-g", str(tmp_path / "g.safetensors"), "--data", f"folder:{tmp_path / 'new'}", "--png",
+        "--out", str(tmp_path / "out"), check_rc=0)
+    written = sorted(str(p.relative_to(tmp_path / "out" / "train")) for p in (tmp_path / "out").rglob("*.png"))
+    assert written == sorted(str(Path(n).with_suffix(".png")) for n in names), written
+    changed = 0
+    for name in names:
+        before = np.asarray(Image.open(tmp_path / "new" / name), dtype=np.int16)
+        after = np.asarray(Image.open(tmp_path / "out" / "train" / Path(name).with_suffix(".png")), dtype=np.int16)
+        assert np.abs(after - before).max() <= 16, name
+        changed += bool((after != before).any())
+    assert changed == len(names)
+    out = run("protect", "-g", str(tmp_path / "g.safetensors"), "--data", f"folder:{tmp_path / 'new'}",
+              "--out", str(tmp_path / "set"), check_rc=0).stderr
+    assert "protected 8 images" in out and "the 2 images of its test split are not in a saved set" in out, out

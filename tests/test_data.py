@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from unlearnable.attacks import create_attack
 from unlearnable.data import ImageSet, export_png, load, load_dataset, load_set, save_set
+from unlearnable.data.sources import unsplit
+from unlearnable.data.store import png_paths
 from unlearnable.detect import flag
 from unlearnable.errors import UnlearnableError
 from unlearnable.params import parse_eps
@@ -108,6 +111,30 @@ def test_folder_source_roundtrip(tmp_path, small_train, monkeypatch):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "tree" / "train" / rows[i]["file"])), train.x[i, 0])
     assert len(set(test.provenance["file_names"]) | set(train.provenance["file_names"])) == 60
     assert train.subset(np.array([3, 1])).provenance["file_names"] == [rows[3]["file"], rows[1]["file"]]
+
+
+def test_export_keeps_a_folder_sets_file_names(tmp_path, monkeypatch):
+    """A set read from a folder is exported under its own file names (as PNG); the class folder follows the label,
+    and names that would meet get their index appended."""
+    from PIL import Image
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for rel in ("cat/a.png", "cat/b.jpg", "cat/old/c.png", "dog/a.png", "dog/d.png", "dog/b.png"):
+        (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "in" / rel, quality=95)
+    every = unsplit(*load_dataset(f"folder:{tmp_path / 'in'}"))  # the carved 20% back in: all six files
+    out = export_png({"train": every}, tmp_path / "out")
+    written = sorted(str(p.relative_to(out / "train")) for p in (out / "train").rglob("*.png"))
+    assert written == ["cat/a.png", "cat/b.png", "cat/old/c.png", "dog/a.png", "dog/b.png", "dog/d.png"], written
+    for i, name in enumerate(every.provenance["file_names"]):  # the pixels of each file are its own
+        png = out / "train" / Path(name).with_suffix(".png")
+        assert np.array_equal(np.asarray(Image.open(png)), every.x[i, 0]), name
+    flipped = every.replace(y=np.zeros_like(every.y))  # a label-flip: every dog is a cat now
+    paths = [str(p) for p in png_paths(flipped)]
+    assert len(set(paths)) == len(paths) and all(p.startswith("cat/") for p in paths)
+    dog_a = every.provenance["file_names"].index("dog/a.png")
+    assert paths[dog_a] == f"cat/a-{dog_a}.png", paths
 
 
 def test_folder_bad_inputs(tmp_path):

@@ -184,7 +184,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Export a saved set as an ImageFolder tree OUT/train/<class>/<index>.png (+ the clean OUT/test)."""
+    """Export a saved set as an ImageFolder tree OUT/train/<class>/<index>.png (+ the clean OUT/test); a set made
+    from a folder keeps each file's own name (as .png)."""
     if format != "png":
         raise UnlearnableError(f"unknown format {format!r}; known: png")
     _check_out(out, overwrite)
@@ -234,23 +235,37 @@ def protect(
     data: str = typer.Option(..., "--data", "-d", help="dataset spec (e.g. folder:PATH) or saved set"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for the protected set"),
     batch_size: int = typer.Option(256, min=1, help="images per forward pass"),
-    png: bool = typer.Option(False, help="write an ImageFolder tree of PNGs instead of a saved set"),
+    png: bool = typer.Option(False, help="write an ImageFolder tree of PNGs instead of a saved set; for "
+                             "folder:PATH every image of the folder, under its own file name"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Protect new images with a trained DeepConfuse generator: one forward pass, no retraining."""
+    """Protect new images with a trained DeepConfuse generator: one forward pass, no retraining.
+
+    A saved set holds the training split (a folder without train/ and test/ keeps its seeded 20% test split out);
+    --png protects every image of a folder and mirrors it: OUT/train/<class>/<file>.png (and OUT/test/ when the
+    folder has train/ and test/)."""
     _check_out(out, overwrite)
     from .attacks.deepconfuse import load_generator, protect_set
     from .data import export_png, load, save_set
+    from .data.sources import unsplit
     from .training import resolve_device
 
     gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator, resolve_device())
-    train, _ = load(data)
-    protected = protect_set(gen, train, batch_size=batch_size)
-    if png:
-        export_png({"train": protected}, out, overwrite=overwrite)
+    train, test = load(data)
+    whole = png and train.source.startswith("folder:")
+    if whole and test.provenance.get("carved"):  # one tree split 80/20 on loading: all of it, in one folder again
+        parts = {"train": unsplit(train, test)}
     else:
-        save_set(protected, out, clean=train, overwrite=overwrite)
-    _say(f"protected {len(protected)} images -> {out}")
+        parts = {"train": train, "test": test} if whole else {"train": train}
+    protected = {split: protect_set(gen, part, batch_size=batch_size) for split, part in parts.items()}
+    if png:
+        export_png(protected, out, overwrite=overwrite)
+    else:
+        save_set(protected["train"], out, clean=train, overwrite=overwrite)
+    n = sum(len(p) for p in protected.values())
+    held = (f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
+            if not png and test.provenance.get("carved") else "")
+    _say(f"protected {n} images -> {out}{held}")
 
 
 @app.command()

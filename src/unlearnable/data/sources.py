@@ -190,6 +190,14 @@ def split_train_test(x: np.ndarray, y: np.ndarray, classes: list[str],
     return parts
 
 
+def unsplit(train: ImageSet, test: ImageSet) -> ImageSet:
+    """The inverse of :func:`split_train_test` for a folder: both splits as one set again, in file-name order."""
+    names = [*train.provenance["file_names"], *test.provenance["file_names"]]
+    order = np.argsort(names, kind="stable")
+    return train.replace(x=np.concatenate([train.x, test.x])[order], y=np.concatenate([train.y, test.y])[order],
+                         provenance={"file_names": [names[i] for i in order]})
+
+
 def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     from PIL import Image, UnidentifiedImageError
 
@@ -226,7 +234,7 @@ def _cached_tree(root: Path):
     path = cache_dir() / "folders" / f"{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
-            return z["x"], z["y"], list(z["classes"]), list(z["names"])
+            return z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
     x, y, classes, names = _read_image_tree(root)
     try:
         write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names)))

@@ -205,19 +205,40 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_. " else "_" for c in name).strip() or "_"
 
 
+def png_paths(data: ImageSet) -> list[Path]:
+    """Where :func:`export_png` writes each sample, relative to its split's folder.
+
+    ``<class>/<index>.png``; for images read from a folder (``provenance["file_names"]``), each file's own path below
+    its class folder with a ``.png`` suffix, so a released set keeps its file names. The class folder follows the
+    label, which an attack may have changed; a name that would then meet another (or ``a.jpg`` meeting ``a.png``)
+    gets ``-<index>`` appended to its stem.
+    """
+    names = data.provenance.get("file_names")
+    folders = [safe_name(data.classes[c]) for c in data.y.tolist()]
+    if names is None or len(names) != len(data):
+        return [Path(f, f"{i:06d}.png") for i, f in enumerate(folders)]
+    paths = [Path(f, *(Path(n).parts[1:] or [Path(n).name])).with_suffix(".png") for f, n in zip(folders, names)]
+    seen: dict[Path, int] = {}
+    for p in paths:
+        seen[p] = seen.get(p, 0) + 1
+    return [p.with_stem(f"{p.stem}-{i}") if seen[p] > 1 else p for i, p in enumerate(paths)]
+
+
 def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = False, progress=None) -> Path:
-    """Write ``OUT/<split>/<class>/<index>.png`` for each named part, losslessly; atomic like :func:`save_set`."""
+    """Write ``OUT/<split>/<class>/<name>.png`` for each named part, losslessly (names: :func:`png_paths`); atomic
+    like :func:`save_set`."""
     from PIL import Image
 
     out = check_out_dir(out, overwrite)
     with atomic_dir(out) as tmp:
         for split, data in parts.items():
-            for c in data.classes:
+            for c in data.classes:  # empty ones too: the class list, and so the labels, must survive a reload
                 (tmp / split / safe_name(c)).mkdir(parents=True, exist_ok=True)
-            for i in range(len(data)):
+            for i, rel in enumerate(png_paths(data)):
+                path = tmp / split / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
                 img = np.asarray(data.x[i]).transpose(1, 2, 0)
-                img = img[..., 0] if img.shape[2] == 1 else img
-                Image.fromarray(img).save(tmp / split / safe_name(data.classes[data.y[i]]) / f"{i:06d}.png")
+                Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(path)
                 if progress:
                     progress()
     return out

@@ -195,7 +195,9 @@ def export(
     train, test = load(data)
     with task("exporting", total=len(train) + len(test)) as advance:
         export_png({"train": train, "test": test}, out, overwrite=overwrite, progress=advance)
-    _say(f"wrote {len(train)} + {len(test)} PNG files under {out}")
+    carved = (f"; {out / 'test'} holds the {len(test)} images of the folder that its seeded split keeps out, "
+              f"clean" if test.provenance.get("carved") else "")
+    _say(f"wrote {len(train)} + {len(test)} PNG files under {out}{carved}")
 
 
 @app.command()

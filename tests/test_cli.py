@@ -142,13 +142,30 @@ def test_interrupted_purify_resumes(tmp_path, crash):
     expected = DVAE(**opts).fit(data).transform(data).x
     # crash in stage 2, with the state where the CLI keeps it
     crash(partial(DVAE, **opts), "fit", data, tmp_path / ".pur.state.pt", (DVAE, "_loss", 11))
-    sets = [a for k, v in opts.items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in {**opts, "preset": "none"}.items() for a in ("--set", f"{k}={v}")]
     p = run("purify", "--defense", "dvae", "--data", str(out), "--out", str(tmp_path / "pur"), *sets, check_rc=0)
     assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
     np.testing.assert_array_equal(load_set(tmp_path / "pur").x, expected)
     assert not (tmp_path / ".pur.state.pt").exists()  # resumed from it, and cleared once the set was saved
     sens = json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["label_sensitivity"]
     assert f"label sensitivity {sens['ratio']:.2f}" in p.stderr and sens["images"] == 256 and sens["changed"] > 0
+
+
+def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):
+    """Defaults that finish on a laptop: a method with a ``fast`` preset runs it on a CPU unless --set names one
+    (``none``: the paper's settings, which for the D-VAE are 2 x 60 epochs at full width)."""
+    out = tmp_path / "rn"
+    run("poison", "--attack", "random-noise", "--subset", "300", "--out", str(out), check_rc=0)
+    tiny = ["--set", "device=cpu", "--set", "epochs=1", "--set", "width=4"]  # smaller still than fast's width 16
+    p = run("purify", "--defense", "vae", "--data", str(out), "--out", str(tmp_path / "a"), *tiny, check_rc=0)
+    assert "vae: preset fast, its CPU budget (--set preset=none runs the paper's settings)" in p.stderr, p.stderr
+    params = json.loads((tmp_path / "a" / "manifest.json").read_text())["purified_by"]["params"]
+    assert (params["preset"], params["batch_size"], params["width"]) == ("fast", 256, 4), params
+    p = run("purify", "--defense", "vae", "--data", str(out), "--out", str(tmp_path / "b"), *tiny,
+            "--set", "preset=none", check_rc=0)
+    assert "preset fast" not in p.stderr
+    params = json.loads((tmp_path / "b" / "manifest.json").read_text())["purified_by"]["params"]
+    assert (params["preset"], params["batch_size"]) == (None, 128), params
 
 
 @pytest.mark.parametrize("command", ["detect", "dvae-check"])

@@ -74,6 +74,11 @@ def parse_fraction(value: str) -> float:
     return float(value)
 
 
+#: ``preset="none"``: no preset, the method's own (paper) defaults; what the CLI's ``--set preset=none`` asks for
+#: where it would otherwise pick the ``fast`` preset on a CPU.
+NO_PRESET = "none"
+
+
 def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     """Instantiate a dataclass method from string or typed options, applying ``preset=NAME`` first.
 
@@ -81,6 +86,8 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     """
     options = dict(options)
     preset = options.pop("preset", None)
+    if preset == NO_PRESET:
+        preset = None
     if preset is not None:
         options = {**preset_options(cls, preset, kind), **options, "preset": preset}
     hints = typing.get_type_hints(cls)
@@ -116,7 +123,7 @@ def apply_preset(method: Any) -> None:
     class default takes the preset's value (a value passed explicitly wins, unless it equals the default).
     Called by the method base classes' ``__post_init__``; :func:`build` merges presets itself."""
     name = getattr(method, "preset", None)
-    if name is None:
+    if name in (None, NO_PRESET):
         return
     cls = type(method)
     defaults = {f.name: f.default for f in dataclasses.fields(method) if f.default is not dataclasses.MISSING}
@@ -129,7 +136,7 @@ def preset_options(cls: type, name: str, kind: str) -> dict[str, Any]:
     """The options of ``cls``'s preset ``name``; a one-line error naming the known presets when there is none."""
     presets = getattr(cls, "presets", {})
     if name not in presets:
-        raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join(presets) or 'none'}")
+        raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join([*presets, NO_PRESET])}")
     return presets[name]
 
 

@@ -278,11 +278,14 @@ def protect(
     else:
         parts = {"train": train, "test": test} if whole else {"train": train}
     protected = {split: protect_set(gen, part, batch_size=batch_size) for split, part in parts.items()}
+    n = sum(len(p) for p in protected.values())
     if png:
-        export_png(protected, out, overwrite=overwrite)
+        from .progress import task
+
+        with task("writing", total=n) as advance:
+            export_png(protected, out, overwrite=overwrite, progress=advance)
     else:
         save_set(protected["train"], out, clean=train, overwrite=overwrite)
-    n = sum(len(p) for p in protected.values())
     held = (f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
             if not png and test.provenance.get("carved") else "")
     _say(f"protected {n} images -> {out}{held}")

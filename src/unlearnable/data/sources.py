@@ -199,31 +199,43 @@ def unsplit(train: ImageSet, test: ImageSet) -> ImageSet:
 
 
 def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    from PIL import Image, UnidentifiedImageError
+    from .. import progress
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = [(f, c) for c, name in enumerate(classes)
              for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UnlearnableError(f"no images found under {root} (expected {root}/<class>/<image>)")
-    arrays, mode, size = [], None, None
-    for f, _ in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                if mode is None:
-                    mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
-                    size = im.size
-                if im.size != size:
-                    raise UnlearnableError(f"{f} is {im.size[0]}x{im.size[1]} but the others are "
-                                           f"{size[0]}x{size[1]}; resize the folder to one size first")
-                arr = np.asarray(im.convert(mode))
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise UnlearnableError(f"cannot read image {f}: {e}") from None
-        arrays.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    arrays: list[np.ndarray] = []
+    with progress.task(f"reading {root}", total=len(files)) as advance:
+        for f, _ in files:
+            first = arrays[0] if arrays else None
+            arrays.append(_read_image(f, first))
+            advance(1)
     y = np.array([c for _, c in files], dtype=np.int64)
     names = [str(f.relative_to(root)) for f, _ in files]
     return np.stack(arrays), y, classes, names
+
+
+def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
+    """One image file as C x H x W uint8: grey if the folder's ``first`` image is (or, for the first, the file is),
+    else RGB; of ``first``'s size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            im.load()
+            if first is None:
+                mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+            else:
+                mode = "L" if first.shape[0] == 1 else "RGB"
+                if im.size != (first.shape[2], first.shape[1]):
+                    raise UnlearnableError(f"{f} is {im.size[0]}x{im.size[1]} but the others are "
+                                           f"{first.shape[2]}x{first.shape[1]}; resize the folder to one size first")
+            arr = np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise UnlearnableError(f"cannot read image {f}: {e}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _cached_tree(root: Path):

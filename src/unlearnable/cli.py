@@ -332,11 +332,12 @@ def detect(
     if purify_with is not None:
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
-        from .defenses import create_defense
+        from .defenses import DEFENSES, create_defense
 
         pur_options = parse_sets(purify_set)
         if purify_with == "dvae":
             pur_options.setdefault("preset", "fast")
+        _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with)  # the others, as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite)
     from .data.store import check_out_file

@@ -316,16 +316,17 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
 def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monkeypatch):
     """The data owner's use: a folder in, the same tree of protected PNGs out (the 20% a folder's split would hold
     out included), each file within the generator's budget; a saved set says which images it leaves out."""
+    import torch
     from PIL import Image
 
     from unlearnable.attacks.deepconfuse import build_generator, save_generator
 
     monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     g = build_generator("ae", 1, 28, eps=16 / 255)
     for m in g.modules():  # batch-norm statistics of one batch: an untrained generator that uses its budget
-        m.momentum = None if isinstance(m, torch.nn.BatchNorm2d) else getattr(m, "momentum", None)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
     with torch.no_grad():
         g.train()(torch.rand(64, 1, 28, 28))
     save_generator(g.eval(), tmp_path / "g.safetensors")

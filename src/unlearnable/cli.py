@@ -272,11 +272,12 @@ def protect(
 
     gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator, resolve_device())
     train, test = load(data)
-    whole = png and train.source.startswith("folder:")
-    if whole and test.provenance.get("carved"):  # one tree split 80/20 on loading: all of it, in one folder again
-        parts = {"train": unsplit(train, test)}
+    folder = data.startswith("folder:")  # a saved set made from a folder is protected as the set it is
+    carved = folder and test.provenance.get("carved")  # one tree split 80/20 on loading
+    if png and folder:
+        parts = {"train": unsplit(train, test)} if carved else {"train": train, "test": test}
     else:
-        parts = {"train": train, "test": test} if whole else {"train": train}
+        parts = {"train": train}
     protected = {split: protect_set(gen, part, batch_size=batch_size) for split, part in parts.items()}
     n = sum(len(p) for p in protected.values())
     if png:
@@ -286,9 +287,8 @@ def protect(
             export_png(protected, out, overwrite=overwrite, progress=advance)
     else:
         save_set(protected["train"], out, clean=train, overwrite=overwrite)
-    held = (f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
-            if not png and test.provenance.get("carved") else "")
-    _say(f"protected {n} images -> {out}{held}")
+    held = f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
+    _say(f"protected {n} images -> {out}{held if carved and not png else ''}")
 
 
 @app.command()

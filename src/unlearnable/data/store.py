@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -218,9 +219,7 @@ def png_paths(data: ImageSet) -> list[Path]:
     if names is None or len(names) != len(data):
         return [Path(f, f"{i:06d}.png") for i, f in enumerate(folders)]
     paths = [Path(f, *(Path(n).parts[1:] or [Path(n).name])).with_suffix(".png") for f, n in zip(folders, names)]
-    seen: dict[Path, int] = {}
-    for p in paths:
-        seen[p] = seen.get(p, 0) + 1
+    seen = Counter(paths)
     return [p.with_stem(f"{p.stem}-{i}") if seen[p] > 1 else p for i, p in enumerate(paths)]
 
 
@@ -232,11 +231,13 @@ def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = Fa
     out = check_out_dir(out, overwrite)
     with atomic_dir(out) as tmp:
         for split, data in parts.items():
-            for c in data.classes:  # empty ones too: the class list, and so the labels, must survive a reload
-                (tmp / split / safe_name(c)).mkdir(parents=True, exist_ok=True)
-            for i, rel in enumerate(png_paths(data)):
+            paths = png_paths(data)
+            # every class folder, empty ones too (the class list, and so the labels, must survive a reload), and
+            # the subfolders a folder's own names bring
+            for d in {*(Path(safe_name(c)) for c in data.classes), *(p.parent for p in paths)}:
+                (tmp / split / d).mkdir(parents=True, exist_ok=True)
+            for i, rel in enumerate(paths):
                 path = tmp / split / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
                 img = np.asarray(data.x[i]).transpose(1, 2, 0)
                 Image.fromarray(img[..., 0] if img.shape[2] == 1 else img).save(path)
                 if progress:

@@ -101,10 +101,26 @@ def test_presets_apply_in_python_as_on_the_command_line(kind, name, preset):
     numbers = [(k, v) for k, v in cls.presets[preset].items() if type(v) in (int, float)]
     if numbers:  # an explicit value wins over the preset...
         key, value = numbers[0]
-        assert getattr(cls(preset=preset, **{key: 2 * value}), key) == 2 * value
-        assert getattr(create(name, preset=preset, **{key: 2 * value}), key) == 2 * value
-        default = getattr(cls(), key)  # ...and through create_* / --set even when it equals the default
+        default = getattr(cls(), key)
+        other = 2 * value if 2 * value != default else 3 * value  # in Python a value equal to the default loses
+        assert getattr(cls(preset=preset, **{key: other}), key) == other
+        assert getattr(create(name, preset=preset, **{key: other}), key) == other
+        # ...and through create_* / --set it wins even when it equals the default
         assert getattr(create(name, preset=preset, **{key: default}), key) == default
+
+
+def test_em_fast_preset_keeps_the_official_single_class_wise_step():
+    """The ``fast`` preset once set 10 PGD steps in both modes: ten times the cost of a class-wise sweep."""
+    fast = {mode: create_attack("em", preset="fast", mode=mode).pgd_steps for mode in ("class", "sample")}
+    assert fast == {"class": 1, "sample": 10}
+    assert create_attack("em", mode="sample").pgd_steps == 20
+    assert create_attack("em", preset="fast", mode="class", steps=3).pgd_steps == 3
+
+
+def test_targeted_attacks_refuse_a_shift_that_targets_the_true_class(small_train):
+    for name in ("tap", "sep"):
+        with pytest.raises(UnlearnableError, match="maps each of the 10 classes to itself"):
+            create_attack(name, shift=10).poison(small_train)
 
 
 def test_unknown_preset_is_refused_in_python_too():

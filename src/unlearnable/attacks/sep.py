@@ -11,7 +11,7 @@ from ..pgd import PGD
 from ..training import resolve_device, seed_everything
 from .base import Attack
 from .surrogate import check_surrogate, clean_surrogate
-from .tap import targeted_pgd
+from .tap import check_shift, targeted_pgd
 
 
 @dataclass
@@ -55,6 +55,7 @@ class SEP(Attack):
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
 
     def craft(self, data: ImageSet, index: np.ndarray):
+        check_shift(self.shift, data.num_classes)
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
         models = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device,

@@ -62,6 +62,7 @@ class TAP(Attack):
         return self.eps / 8 if self.preset == "fast" else 0.05 * self.eps
 
     def craft(self, data: ImageSet, index: np.ndarray):
+        check_shift(self.shift, data.num_classes)
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
         (model,) = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device, width=self.model_width)
@@ -69,6 +70,12 @@ class TAP(Attack):
         pgd = PGD(eps=self.eps, step_size=self._step_size(), steps=self.steps, random_start=True)
         return targeted_pgd(self, pgd, [model], data, index, self.shift, self.restarts, self.batch_size, aug, gen,
                             device, f"tap ({self.steps} steps)"), data.y[index]
+
+
+def check_shift(shift: int, num_classes: int) -> None:
+    """A one-line error for a ``shift`` that makes every target class the true one (error-minimising, not targeted)."""
+    check(shift % num_classes != 0, f"shift {shift} maps each of the {num_classes} classes to itself; "
+          f"give a shift that is not a multiple of {num_classes}")
 
 
 def targeted_pgd(attack: Attack, pgd: PGD, models: list, data: ImageSet, index: np.ndarray, shift: int,

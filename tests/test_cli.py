@@ -84,6 +84,7 @@ def test_list_is_fast_and_lists():
     (["poison", "--attack", "random-noise", "--ratio", "1.5", "--out", "{tmp}/o"], "ratio"),
     (["poison", "--attack", "random-noise", "--data", "mnist-2", "--out", "{tmp}/o"], "unknown dataset"),
     (["poison", "--attack", "random-noise", "--set", "nokey", "--out", "{tmp}/o"], "key=value"),
+    (["poison", "--attack", "em", "--set", "preset=fast", "--set", "lr=1/0", "--out", "{tmp}/o"], "cannot read lr"),
     (["purify", "--defense", "nope", "--data", "{tmp}", "--out", "{tmp}/o"], "unknown defense"),
     (["train", "--model", "nope"], "unknown model"),
     (["train", "--data", "folder:{tmp}/missing"], "does not exist"),
@@ -130,6 +131,35 @@ def test_poison_info_train_export_purify(tmp_path):
     assert len(list((tmp_path / "png" / "test").rglob("*.png"))) == 10000
     run("purify", "--defense", "bdr", "--data", str(out), "--out", str(tmp_path / "pur"), check_rc=0)
     assert json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["method"] == "bdr"
+
+
+def test_a_failed_save_keeps_the_attack_state_and_ctrl_c_exits_130(tmp_path, monkeypatch):
+    import unlearnable.data as data_mod
+
+    sets = [a for kv in ("mode=sample", "steps=2", "max_rounds=2", "train_steps=2", "stop_error=0", "model_width=8")
+            for a in ("--set", kv)]
+    poison = ("poison", "--attack", "em", "--subset", "200", *sets, "--out")
+    save_set = data_mod.save_set
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_mod, "save_set", full_disk)
+    p = run(*poison, str(tmp_path / "em"))
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: No space left on device", p.stderr
+    assert (tmp_path / ".em.state.pt").is_file()  # the crafting is not lost with the save
+    monkeypatch.setattr(data_mod, "save_set", save_set)
+    assert "resuming" in run(*poison, str(tmp_path / "em"), check_rc=0).stderr
+    assert not (tmp_path / ".em.state.pt").exists()  # cleared once the set is saved
+    run(*poison, str(tmp_path / "straight"), check_rc=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "em" / "x.npy"), np.load(tmp_path / "straight" / "x.npy"))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_mod, "load", interrupted)
+    p = run("train", "--epochs", "1")
+    assert p.returncode == 130 and p.stderr.strip() == "aborted", (p.returncode, p.stderr)
 
 
 def test_interrupted_purify_resumes(tmp_path, crash):

@@ -105,6 +105,7 @@ def poison(
     poisoned = atk.poison(train)
     files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
+    atk.clear_state()
     _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
          f"{poisoned.provenance['crafting_seconds']} s)")
 
@@ -467,6 +468,7 @@ def dvae_check(
 def _resumable(job, state: str) -> None:
     """Keep ``job``'s state in the file ``state``, so that an interrupted run continues where it stopped."""
     job.checkpoint = state
+    job.keep_state = True  # until the command has saved the result: a failed save must not cost the whole job
     _announce(state)
 
 
@@ -494,19 +496,28 @@ def _say(message: str) -> None:
 
 
 def main() -> None:
-    """Entry point: every :class:`UnlearnableError` becomes one line on stderr and exit code 2."""
+    """Entry point: every :class:`UnlearnableError`, usage error and :class:`OSError` becomes one line on stderr and
+    exit code 2; Ctrl-C says "aborted" and exits 130."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer answers Ctrl-C by returning 130 here, not by raising Abort
+        if isinstance(code, int) and code:
+            if code == 130:
+                typer.echo("aborted", err=True)
+            sys.exit(code)
     except UnlearnableError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as e:  # an unwritable --out, a full disk, an unreadable file: the system's one line
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)
     except Exception as e:
         if _is_usage_error(e):
             typer.echo(f"error: {e.format_message()}", err=True)

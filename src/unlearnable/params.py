@@ -62,7 +62,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 return parse_fraction(value)
             if t in (int, str):
                 return t(value)
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             continue
     raise UnlearnableError(f"cannot read {name}={value!r} as {getattr(annotation, '__name__', annotation)}")
 

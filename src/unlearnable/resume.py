@@ -26,6 +26,10 @@ class Resumable:
     #: Inside one long pass, the state is written at most this often (seconds); safe points at the end of a
     #: trial, round or epoch are always written.
     save_every_s: ClassVar[float] = 60.0
+    #: Set by a caller that writes the job's result somewhere (the CLI): the job then leaves its last state in
+    #: place when it ends (:meth:`finish_state`), and the caller removes it (:meth:`clear_state`) once the result
+    #: is saved, so a failed save costs a rerun seconds, not the whole job.
+    keep_state: ClassVar[bool] = False
 
     def bind_state(self, data: Any) -> None:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
@@ -51,6 +55,11 @@ class Resumable:
             return None
         log.info("%s: resuming from %s", self.name, self.checkpoint)
         return saved["state"]
+
+    def finish_state(self) -> None:
+        """The job has its result: remove the state, unless the caller keeps it until the result is saved."""
+        if not self.keep_state:
+            self.clear_state()
 
     def clear_state(self) -> None:
         if self.checkpoint and Path(self.checkpoint).is_file():

@@ -477,7 +477,7 @@ class DeepConfuse(Attack):
                 if self.checkpoint:
                     save(trial + 1, 0)
         self.generator_.cpu().eval()
-        self.clear_state()
+        self.finish_state()
         return self
 
     def _trials_within_limit(self, seconds: float, done: int) -> int:

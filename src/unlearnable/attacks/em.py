@@ -138,7 +138,7 @@ class EM(Attack):
         idx_t = torch.as_tensor(index, device=device)
         d = delta[y_all[idx_t]] if self.classwise else delta[idx_t]
         out = (x_all[idx_t] + d).clamp(0, 1)
-        self.clear_state()
+        self.finish_state()
         return out, data.y[index]
 
     def _poisoned(self, x, y, delta, idx, in_idx):

@@ -150,7 +150,7 @@ class REM(Attack):
         self.final_error_ = float((pred != y_all[idx_t]).float().mean())
         log.info("rem: surrogate error on the poisoned samples %.4f", self.final_error_)
         out = (x_all[idx_t] + delta).clamp(0, 1)
-        self.clear_state()
+        self.finish_state()
         return out, data.y[index]
 
     def _noise(self, model, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -119,5 +119,5 @@ def targeted_pgd(attack: Attack, pgd: PGD, models: list, data: ImageSet, index: 
                 attack.save_state({"done": done, "out": out[:done].cpu(), "gen": gen.get_state(),
                                    "torch_rng": torch.get_rng_state()})
                 saved = time.monotonic()
-    attack.clear_state()
+    attack.finish_state()
     return out

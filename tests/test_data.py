@@ -154,6 +154,84 @@ def test_folder_bad_inputs(tmp_path):
         load_dataset(f"folder:{tmp_path / 'one'}")
 
 
+def test_folder_follows_links_scales_16_bit_and_skips_hidden_files(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "photos" / "train"
+    for c, level in (("cat", 1000), ("dog", 60000)):
+        (root / c).mkdir(parents=True)
+        for i in range(5):  # 16-bit grey PNGs: scaled to 8 bits (Pillow's own conversion clips them to 255)
+            Image.fromarray(np.full((8, 8), level, np.uint16)).save(root / c / f"{i}.png")
+    (root / "cat" / "._0.png").write_bytes(b"macOS resource fork")  # hidden: skipped, not "cannot read"
+    (tmp_path / "photos" / ".git").mkdir()  # a hidden folder beside train/ does not hide the train/ layout
+    elsewhere = tmp_path / "elsewhere" / "owl"
+    elsewhere.mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.full((8, 8), 7, np.uint8)).save(elsewhere / f"{i}.png")
+    (root / "owl").symlink_to(elsewhere, target_is_directory=True)  # a linked class folder is read
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # once
+    train, test = load_dataset(f"folder:{tmp_path / 'photos'}")
+    every = unsplit(train, test)
+    assert every.classes == ["cat", "dog", "owl"] and len(every) == 15
+    assert {int(v) for v in every.x[every.y == 0].ravel()} == {round(1000 / 257)}
+    assert {int(v) for v in every.x[every.y == 1].ravel()} == {round(60000 / 257)}
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "missing.png")
+    with pytest.raises(UnlearnableError, match="gone.png.*broken link"):
+        load_dataset(f"folder:{tmp_path / 'photos'}")
+
+
+def test_folder_splits_must_agree_in_size_and_colour(tmp_path):
+    from PIL import Image
+
+    for split, mode in (("train", "L"), ("test", "RGB")):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new(mode, (8, 8)).save(tmp_path / split / c / "0.png")
+    with pytest.raises(UnlearnableError, match="train images are 1x8x8 but .*test images are 3x8x8"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+def test_npz_checks_labels_and_its_test_split(tmp_path):
+    x, y = np.zeros((10, 4, 4), np.uint8), np.arange(10) % 2
+    np.savez(tmp_path / "col.npz", x=x, y=y, x_test=x[:4], y_test=y[:4, None])  # an N x 1 label column is fine
+    assert load_dataset(f"npz:{tmp_path / 'col.npz'}")[1].y.shape == (4,)
+    for name, arrays, needle in (
+            ("shape", dict(x_test=np.zeros((4, 3, 4, 4), np.uint8), y_test=y[:4]), "x_test images are 3x4x4"),
+            ("range", dict(x_test=x[:4], y_test=np.arange(4)), "y_test has label 3"),
+            ("neg", dict(y=y - 1), "negative label"),
+            ("float", dict(y=y * 0.5), "integer class labels")):
+        np.savez(tmp_path / f"{name}.npz", **{"x": x, "y": y, **arrays})
+        with pytest.raises(UnlearnableError, match=needle):
+            load_dataset(f"npz:{tmp_path / name}.npz")
+    np.save(tmp_path / "one.npy", x)
+    with pytest.raises(UnlearnableError, match="holds one array"):
+        load_dataset(f"npz:{tmp_path / 'one.npy'}")
+
+
+def test_take_gives_what_a_small_class_lacks_to_the_others():
+    y = np.array([0] * 900 + [1] * 50)
+    data = ImageSet(np.zeros((950, 1, 4, 4), np.uint8), y, ["big", "small"])
+    assert np.bincount(data.take(600).y).tolist() == [550, 50]
+
+
+def test_out_dir_never_replaces_the_current_folder_and_replaces_files_and_links(tmp_path, monkeypatch, small_train):
+    from unlearnable.data.store import check_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    for out in (".", str(tmp_path.parent)):
+        with pytest.raises(UnlearnableError, match="holds the current directory"):
+            check_out_dir(out, overwrite=True)
+    part = small_train.subset(np.arange(20))
+    (tmp_path / "file").write_text("old")
+    save_set(part, tmp_path / "file", overwrite=True)  # a file in the way, replaced on request
+    assert len(load_set(tmp_path / "file")) == 20
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target", target_is_directory=True)
+    save_set(part, tmp_path / "link")  # through a link: the folder it names gets the set
+    assert (tmp_path / "link").is_symlink() and len(load_set(tmp_path / "target")) == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries or old copies left
+
+
 def test_npz_source_and_mismatch(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ok.npz", x=rng.random((50, 8, 8, 3)).astype(np.float32), y=np.arange(50) % 5)

@@ -76,17 +76,20 @@ class ImageSet:
         return self.replace(x=np.ascontiguousarray(self.x[index]), y=self.y[index].copy(), provenance=provenance)
 
     def take(self, n: int, seed: int = 0, stratified: bool = True) -> "ImageSet":
-        """A seeded random subset of ``n`` samples (class-balanced when ``stratified``)."""
+        """A seeded random subset of ``n`` samples (class-balanced when ``stratified``: equal shares, and what a
+        small class cannot fill is shared among the others)."""
         if n >= len(self):
             return self
         rng = np.random.default_rng(seed)
         if not stratified:
             return self.subset(np.sort(rng.choice(len(self), n, replace=False)))
-        per = np.array_split(np.arange(n), self.num_classes)
-        idx = []
-        for c, chunk in enumerate(per):
-            members = np.flatnonzero(self.y == c)
-            idx.append(rng.choice(members, min(len(chunk), len(members)), replace=False))
+        sizes = np.bincount(self.y, minlength=self.num_classes)
+        quota = np.zeros(self.num_classes, dtype=np.int64)
+        while quota.sum() < n:  # equal shares; what a small class cannot fill goes to the classes with images left
+            open_ = np.flatnonzero(quota < sizes)
+            for c, chunk in zip(open_, np.array_split(np.arange(n - quota.sum()), len(open_))):
+                quota[c] += min(len(chunk), sizes[c] - quota[c])
+        idx = [rng.choice(np.flatnonzero(self.y == c), quota[c], replace=False) for c in range(self.num_classes)]
         return self.subset(np.sort(np.concatenate(idx)))
 
     def fingerprint(self) -> str:

@@ -198,12 +198,30 @@ def unsplit(train: ImageSet, test: ImageSet) -> ImageSet:
                          provenance={"file_names": [names[i] for i in order]})
 
 
+def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class folders of ``root`` and their image files with class indices, sorted. Linked folders are followed
+    (once each); hidden files and folders are skipped (``.git``, macOS's ``._photo.jpg``)."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[tuple[Path, int]] = []
+    for c, name in enumerate(classes):
+        found, seen = [], set()
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a link back up the tree
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [Path(dirpath) / f for f in filenames
+                      if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        files += [(f, c) for f in sorted(found)]
+    return classes, files
+
+
 def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     from .. import progress
 
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, c) for c, name in enumerate(classes)
-             for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    classes, files = _tree_files(root)
     if not files:
         raise UnlearnableError(f"no images found under {root} (expected {root}/<class>/<image>)")
     arrays: list[np.ndarray] = []
@@ -217,6 +235,11 @@ def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], lis
     return np.stack(arrays), y, classes, names
 
 
+def _shape(x: np.ndarray) -> str:
+    """``3x32x32`` (channels x height x width) for an N x C x H x W array."""
+    return "x".join(map(str, x.shape[1:]))
+
+
 def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
     """One image file as C x H x W uint8: grey if the folder's ``first`` image is (or, for the first, the file is),
     else RGB; of ``first``'s size."""
@@ -225,8 +248,10 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
     try:
         with Image.open(f) as im:
             im.load()
+            if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): scaled to 8 bits; Pillow's convert clips
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
             if first is None:
-                mode = "L" if im.mode in ("L", "1", "I;16", "I") else "RGB"
+                mode = "L" if im.mode in ("L", "1", "I") else "RGB"
             else:
                 mode = "L" if first.shape[0] == 1 else "RGB"
                 if im.size != (first.shape[2], first.shape[1]):
@@ -240,13 +265,21 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
 
 def _cached_tree(root: Path):
     """Decoding thousands of JPEGs takes seconds: keep the decoded arrays in the cache, keyed by the files' stats."""
-    stats = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    stats = []
+    for p, c in _tree_files(root)[1]:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise UnlearnableError(f"cannot read image {p}: {e.strerror} (a broken link?)") from None
+        stats.append((str(p.relative_to(root)), c, st.st_size, st.st_mtime_ns))
     key = hashlib.sha256(repr((str(root.resolve()), stats)).encode()).hexdigest()[:20]
     path = cache_dir() / "folders" / f"{key}.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
+        except Exception as e:  # a damaged cache file: decode the folder again
+            log.warning("ignoring the unreadable cache %s (%s)", path, e)
     x, y, classes, names = _read_image_tree(root)
     try:
         write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names)))
@@ -265,10 +298,13 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
         xte, yte, classes_te, names_te = _cached_tree(root / "test")
         if classes_te != classes:
             raise UnlearnableError(f"{root}/train and {root}/test have different class folders")
+        if xte.shape[1:] != xtr.shape[1:]:
+            raise UnlearnableError(f"{root}/train images are {_shape(xtr)} but {root}/test images are "
+                                   f"{_shape(xte)}; give both splits one size and one colour mode")
         parts = ImageSet(xtr, ytr, classes, split="train"), ImageSet(xte, yte, classes, split="test")
         parts[0].provenance["file_names"], parts[1].provenance["file_names"] = names, names_te
     else:
-        subdirs = [d.name for d in root.iterdir() if d.is_dir()]
+        subdirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
         tree = root / "train" if subdirs == ["train"] else root  # a train/ tree shipped without its test/ half
         x, y, classes, names = _cached_tree(tree)
         if len(classes) < 2:
@@ -288,31 +324,56 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
         z = np.load(p, allow_pickle=False)
     except Exception as e:
         raise UnlearnableError(f"cannot read {p} as npz: {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise UnlearnableError(f"{p} holds one array; npz:PATH needs an .npz archive with arrays 'x' and 'y'")
     with z:
         if "x" not in z or "y" not in z:
             raise UnlearnableError(f"{p} must hold arrays 'x' and 'y' (found: {', '.join(z.files)})")
-        x, y = _images_from_array(z["x"], p), np.asarray(z["y"]).astype(np.int64).ravel()
-        if len(x) != len(y):
-            raise UnlearnableError(f"{p}: x has {len(x)} images but y has {len(y)} labels")
+        x = _images_from_array(z["x"], p)
+        y = _labels(z["y"], len(x), p, "y")
         n_cls = int(y.max()) + 1 if len(y) else 0
         classes = [str(c) for c in z["classes"]] if "classes" in z else [str(i) for i in range(n_cls)]
         if len(classes) < 2:
             raise UnlearnableError(f"{p}: labels name {len(classes)} class; at least 2 are needed")
+        if n_cls > len(classes):
+            raise UnlearnableError(f"{p}: y has label {n_cls - 1} but 'classes' names only {len(classes)}")
         if "x_test" in z and "y_test" in z:
-            xte = _images_from_array(z["x_test"], p)
-            return ImageSet(x, y, classes, split="train"), ImageSet(xte, z["y_test"], classes, split="test")
+            xte = _images_from_array(z["x_test"], p, "x_test")
+            yte = _labels(z["y_test"], len(xte), p, "y_test")
+            if xte.shape[1:] != x.shape[1:]:
+                raise UnlearnableError(f"{p}: x images are {_shape(x)} but x_test images are {_shape(xte)}")
+            if len(yte) and yte.max() >= len(classes):
+                raise UnlearnableError(f"{p}: y_test has label {yte.max()}, beyond the {len(classes)} classes")
+            return ImageSet(x, y, classes, split="train"), ImageSet(xte, yte, classes, split="test")
     return split_train_test(x, y, classes)
 
 
-def _images_from_array(x: np.ndarray, path: Path) -> np.ndarray:
+def _labels(y: np.ndarray, n: int, path: Path, name: str) -> np.ndarray:
+    """Integer class labels as a flat int64 array of ``n`` (an N x 1 column too); a one-line error otherwise."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise UnlearnableError(f"{path}: {name} must hold one label per image, got shape {y.shape}")
+    if len(y) != n:
+        raise UnlearnableError(f"{path}: {name.replace('y', 'x')} has {n} images but {name} has {len(y)} labels")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise UnlearnableError(f"{path}: {name} must hold integer class labels, got {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise UnlearnableError(f"{path}: {name} has the negative label {y.min()}")
+    return y.astype(np.int64)
+
+
+def _images_from_array(x: np.ndarray, path: Path, name: str = "x") -> np.ndarray:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
-        raise UnlearnableError(f"{path}: x must be N x H x W, N x H x W x C or N x C x H x W, got shape {x.shape}")
+        raise UnlearnableError(f"{path}: {name} must be N x H x W, N x H x W x C or N x C x H x W, got shape "
+                               f"{x.shape}")
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() > 1:
-            raise UnlearnableError(f"{path}: x must be uint8, or floats in [0, 1]")
+            raise UnlearnableError(f"{path}: {name} must be uint8, or floats in [0, 1]")
         x = to_uint8(x)
     return np.ascontiguousarray(x)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -40,11 +42,19 @@ def is_saved_set(path: str | Path) -> bool:
 
 
 def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing non-empty output directory unless ``overwrite``: checked before any long work."""
+    """Refuse an existing non-empty output directory unless ``overwrite``, and a directory that holds the current
+    one (``--out .``): checked before any long work."""
     out = Path(out)
+    _check_replaceable(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UnlearnableError(f"{out} exists and is not empty; pass --overwrite to replace it")
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    target, here = out.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UnlearnableError(f"{out} holds the current directory and would be replaced; give --out a new folder")
 
 
 def check_out_file(path: str | Path, overwrite: bool) -> Path:
@@ -59,14 +69,29 @@ def check_out_file(path: str | Path, overwrite: bool) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``out``, on failure it is removed."""
+    """Yield a temporary sibling directory; on success it takes the place of ``out``, on failure it is removed.
+
+    ``out`` is resolved first (a link to a folder: the folder is replaced, not the link). What was at ``out`` is
+    renamed aside and removed only once the new result is in place: an interruption leaves the old result or the
+    new one (and at worst a hidden ``.NAME.old-*`` sibling), never neither."""
+    out = Path(out).resolve()
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
+        old = None
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('.', 1)[-1]}")
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -77,7 +102,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     never leaves a half-written file there, and a failed write leaves no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")  # one per writer
     try:
         write(tmp)
         tmp.replace(path)

@@ -32,6 +32,17 @@ def test_l2_budget():
     assert delta.flatten(1).norm(dim=1).max() <= 0.5 + 1e-5
 
 
+def test_l2_random_start_is_uniform_in_the_ball():
+    """It was a uniform draw in the cube, projected: nearly every start sat on the sphere."""
+    start = PGD(eps=0.5, step_size=0.1, steps=1, norm="l2", random_start=True).init(
+        (4000, 1, 1, 2), "cpu", torch.Generator().manual_seed(0))
+    r = start.flatten(1).norm(dim=1)
+    assert r.max() <= 0.5 + 1e-6
+    assert abs((r < 0.25).float().mean().item() - 0.25) < 0.03  # area inside half the radius: a quarter in 2-D
+    angle = torch.atan2(start[:, 0, 0, 1], start[:, 0, 0, 0])
+    assert abs((angle > 0).float().mean().item() - 0.5) < 0.03
+
+
 def test_classwise_variable_is_shared_per_group():
     model, x = _model(), torch.rand(12, 3, 8, 8)
     y = torch.arange(12) % 4

@@ -47,10 +47,13 @@ class PGD:
     def init(self, shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.random_start:
             return torch.zeros(shape, device=device)
-        u = torch.rand(shape, generator=generator).to(device) * 2 - 1
         if self.norm == "linf":
-            return u * self.eps
-        return self._project_l2(u, torch.full((shape[0],), self.eps, device=device))
+            return (torch.rand(shape, generator=generator).to(device) * 2 - 1) * self.eps
+        # uniform in the L2 ball: a uniform direction (normalised Gaussian) at radius eps * U^(1/d)
+        direction = torch.randn(shape, generator=generator).to(device).flatten(1)
+        direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        radius = torch.rand(shape[0], generator=generator).to(device) ** (1 / direction.shape[1]) * self.eps
+        return (direction * radius[:, None]).view(shape)
 
     def run(self, loss_fn: LossFn, x: torch.Tensor, delta: torch.Tensor | None = None,
             groups: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -475,7 +475,9 @@ class RateConstrainedVAE(Purifier):
         if meta.get("method") != cls.name:
             raise UnlearnableError(f"{path} holds {meta.get('method')!r} weights, not {cls.name!r}")
         params = {**json.loads(meta["params"]), "device": device}
-        self = cls(**params)
+        preset = params.pop("preset", None)
+        self = cls(**params)  # the saved values include the preset's: applying it again would undo explicit ones
+        self.preset = preset
         c, h, w = json.loads(meta["shape"])
         self.shape_, self.num_classes_ = (c, h, w), int(meta["num_classes"])
         dummy = ImageSet(np.zeros((1, c, h, w), np.uint8), np.zeros(1), [str(i) for i in range(self.num_classes_)])
@@ -652,8 +654,10 @@ class DVAE(RateConstrainedVAE):
         if len(x) > sample:
             idx = np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))
         xs, ys = np.asarray(x)[idx], y[idx]
+        kept = {k: self.__dict__[k] for k in ("perturbation_", "_fit_cache") if k in self.__dict__}
         true = self.purify(xs, ys).astype(np.int16)
         shifted = self.purify(xs, (ys + 1) % self.num_classes_).astype(np.int16)
+        self.__dict__.update(kept)  # the estimate of the last transform() stays the whole set's
         moved = float(np.sqrt(np.mean(np.square(true - shifted, dtype=np.float64))))
         changed = float(np.sqrt(np.mean(np.square(true - xs.astype(np.int16), dtype=np.float64))))
         return {"moved": round(moved, 3), "changed": round(changed, 3), "images": len(idx),

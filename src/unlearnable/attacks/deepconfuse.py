@@ -43,7 +43,8 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   a scoring victim of 3 epochs on the generator's 12,000 images ranks them as the full victim does and is the
   preset's since 2026-12-04: 28.7% / 15.6% at seeds 0 / 1 on the AMX Xeon (623 s for 8 trials). Its seed-0
   generator also leaves ``convnet`` 40.0%, ``svm-linear`` 17.1%, ``svm-rbf`` 19.9%, ``random-forest`` 6.3%
-  (session 24), and with ``targeted=True`` 20.3% of clean test images land on eta(y) (victim 26.9%). What is left
+  (session 24), and with ``targeted=True`` 20.3% of clean test images land on eta(y) (victim 26.9%; on a Zen 4
+  EPYC 9.2%, chance, though the trials' scoring victims reached 19-30%: session 46). What is left
   is a victim that learns through the perturbation as it trains: 12,000 protected images train it to 6.8% in 3
   epochs and 32.6% in 10 (8.4% / 38.9% on images the generator never saw); trials twice as long (4 of 8 epochs, the
   same steps) did worse, 42.9% / 31.4% at seeds 0 / 1, and a 3x surrogate step (``lr=0.3``) 28.0% / 21.1% (session 25);

@@ -36,6 +36,16 @@ def summary(key: str, values: list[float]) -> dict:
     return {key: float(np.mean(values)), f"{key}_runs": values, f"{key}_std": float(np.std(values, ddof=1))}
 
 
+def poisoned_share(name: str, data) -> float:
+    """The fraction of ``data`` an attack changed: its manifest's ``changed`` record when it has one (a set saved
+    with ``--set ratio=0.4`` is 40% poisoned though it has no ``partial`` record), else the ``partial`` ratio."""
+    if name == "clean":
+        return 0.0
+    if "changed" in data.provenance:
+        return round(len(data.provenance["changed"]) / len(data), 4)
+    return data.provenance.get("partial", {}).get("ratio", 1.0)
+
+
 def run_meta(**extra) -> dict:
     """Date (UTC), machine and thread count, torch version, plus the script's own fields."""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -11,7 +11,7 @@ images plus the fitted stage 1's ``p_hat`` (the seed's Table 1: a low accuracy m
 A D-VAE row also has its ``label_sensitivity`` (``DVAE.label_sensitivity``).
 With ``--flagged-only`` the contrast detector (trusted images: the clean test split) flags samples, the fitted
 purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result; a fourth trains on
-the set without the flagged samples (``detect.drop_flagged``).
+the set without the flagged samples (``detect.drop_flagged``); those two victims train once, at ``--seed``.
 ``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
 the rest of the images clean). ``--victim-seeds 0,1,2,3,4`` trains the before / after victims once per seed and
 reports their means, with the runs and their standard deviation beside them. One JSON line per result goes to
@@ -23,7 +23,7 @@ import argparse
 import logging
 import time
 
-from _common import emit, run_meta, seed_list, set_jobs, summary, victim_runs
+from _common import emit, poisoned_share, run_meta, seed_list, set_jobs, summary, victim_runs
 from unlearnable.data import load
 from unlearnable.defenses import create_defense
 from unlearnable.training import TrainConfig, train
@@ -65,7 +65,7 @@ def main() -> None:
         after = victim_runs(purified, test, "cnn", cfg, seeds)
         row = {"set": name, "attack": data.provenance.get("method", "clean"),
                "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
-               "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
+               "ratio": poisoned_share(name, data),
                **summary("before", before), **summary("after", [r.test_acc for r in after]),
                **summary("after_peak", [r.peak_test_acc for r in after]), "purify_s": round(seconds, 1)}
         if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (a measurement)

@@ -21,7 +21,7 @@ import argparse
 import logging
 import time
 
-from _common import emit, run_meta, set_jobs
+from _common import emit, poisoned_share, run_meta, set_jobs
 from unlearnable.data import load
 from unlearnable.detect import check_set, detect, detection_metrics
 from unlearnable.params import parse_sets
@@ -53,20 +53,21 @@ def main() -> None:
         _, test = load(data.source)
         if args.subset:
             data = data.take(args.subset)
-        for seed in (int(s) for s in args.seeds.split(",")):
+        seeds = [int(s) for s in args.seeds.split(",")]
+        for seed in seeds:  # the per-sample detectors run once, with the first seed's row
             t0 = time.perf_counter()
             row = {"set": name, "attack": data.provenance.get("method", "clean"), "train": len(data), "seed": seed,
-                   "ratio": data.provenance.get("partial", {}).get("ratio", 1.0) if name != "clean" else 0.0,
+                   "ratio": poisoned_share(name, data),
                    "set_check": check_set(data, test, args.model, args.epochs, args.lr, seed=seed), "check_s": 0.0}
             row["check_s"] = round(time.perf_counter() - t0, 1)
-            if args.per_sample and not args.subset and "changed" in data.provenance and seed == 0:
+            if args.per_sample and not args.subset and "changed" in data.provenance and seed == seeds[0]:
                 row["simple"] = detect(data, "simple").metrics(data.provenance["changed"])
-            if args.contrast and not args.subset and seed == 0:
+            if args.contrast and not args.subset and seed == seeds[0]:
                 t0 = time.perf_counter()
                 found = detect(data, "contrast", reference=test, **contrast_options)
                 changed = data.provenance.get("changed", [])
                 row["contrast"] = {**found.metrics(changed), "verdict": found.verdict}
-                if len(changed):
+                if 0 < len(changed) < len(data):  # AUC needs poisoned and clean samples both
                     row["contrast"]["part_auc"] = {k: detection_metrics([], changed, len(data), v)["auc"]
                                                    for k, v in found.parts.items()}
                 row["contrast_s"] = round(time.perf_counter() - t0, 1)

@@ -296,17 +296,28 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     # the contrast detector needs trusted images: the carved folder has none of its own, --reference supplies them
     assert "pass --reference" in one_line_error(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method",
                                                     "contrast", check_rc=2))
-    res = json.loads(run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
-                         f"folder:{tmp_path / 'both'}", "--json", "--scores", str(tmp_path / "s.csv"),
-                         check_rc=0).stdout)
-    assert res["method"] == "contrast" and res["params"]["reference"] == 300 and res["set"]["test"] == 300, res
+    p = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
+            f"folder:{tmp_path / 'both'}", "--json", "--scores", str(tmp_path / "s.csv"), check_rc=0)
+    res = json.loads(p.stdout)
+    # 'both' holds the 160 suspect images of 'alone' (its carved training split) too: they are no reference
+    assert "160 of its images are also in the suspect set" in p.stderr, p.stderr
+    assert res["method"] == "contrast" and res["params"]["reference"] == 140 and res["set"]["test"] == 140, res
     header = (tmp_path / "s.csv").read_text().splitlines()[0]
     assert header == "index,file,label,class,score,score_linear,score_network,flagged", header
     assert set(res["verdict"]) == {"share", "expected", "threshold", "differs"}, res
     out = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
               f"folder:{tmp_path / 'both'}", check_rc=0).stdout
-    # the reference holds the suspect images themselves here: nothing sets them apart
+    # suspect and reference images are alike here (clean Fashion-MNIST): nothing sets them apart
     assert "of clean images are flagged by design: no more than that" in out, out
+
+
+def test_detect_reference_from_the_suspects_own_source_is_its_test_split(tmp_path):
+    """Its training split holds the suspects' clean twins: as a reference it would hide them (review, session 46)."""
+    out = tmp_path / "rn"
+    run("poison", "--attack", "random-noise", "--subset", "300", "--out", str(out), check_rc=0)
+    p = run("detect", "--data", str(out), "--method", "simple", "--reference", "fashion-mnist", "--json", check_rc=0)
+    assert "only its 10000 test images are used" in p.stderr, p.stderr
+    assert json.loads(p.stdout)["set"]["test"] == 10000
 
 
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):

@@ -352,7 +352,7 @@ def detect(
     from .detect import detect as run_detect
 
     if reference is not None:
-        test = _all_images(reference)
+        test = _reference_images(reference, train)
     elif test.provenance.get("carved") and not is_saved_set(data):
         # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
         test = None
@@ -428,15 +428,33 @@ def detect(
             typer.echo(f"{key}: {summary[key]}")
 
 
-def _all_images(spec: str):
-    """Every image of ``spec``, both splits, as one set: the trusted clean images of ``detect --reference``."""
+def _reference_images(spec: str, suspect):
+    """The trusted clean images of ``detect --reference``: every image of ``spec``, both splits, except copies of
+    suspect images (the detectors and the set check need images independent of the suspect set); only the test
+    split when ``spec`` is the suspect set's own source, whose training images are the suspects' clean twins."""
+    import hashlib
+
     import numpy as np
 
     from .data import load
 
     train, test = load(spec)
-    return test.replace(x=np.concatenate([train.x, test.x]), y=np.concatenate([train.y, test.y]),
-                        provenance={"reference": spec})
+    if train.source == suspect.source:
+        _say(f"--reference {spec} is where the suspect set comes from: only its {len(test)} test images are used")
+        ref = test
+    else:
+        ref = test.replace(x=np.concatenate([train.x, test.x]), y=np.concatenate([train.y, test.y]))
+
+    def digest(image):
+        return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+
+    seen = {digest(image) for image in suspect.x}
+    keep = np.array([digest(image) not in seen for image in ref.x], dtype=bool)
+    if not keep.all():
+        _say(f"--reference {spec}: {int((~keep).sum())} of its images are also in the suspect set; left out")
+    if not keep.any():
+        raise UnlearnableError(f"--reference {spec} holds no image that is not in the suspect set")
+    return ref.replace(x=ref.x[keep], y=ref.y[keep], provenance={"reference": spec})
 
 
 @app.command("dvae-check")

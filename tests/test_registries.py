@@ -109,6 +109,12 @@ def test_presets_apply_in_python_as_on_the_command_line(kind, name, preset):
         assert getattr(create(name, preset=preset, **{key: default}), key) == default
 
 
+@pytest.mark.parametrize("name", ["linear", "lenet", "cnn", "convnet"])
+def test_small_models_take_images_that_are_not_square(name):
+    """linear and lenet sized their dense layer from the height alone: 48 x 64 folders crashed in torch."""
+    assert create_model(name, 3, 5, (20, 36)).eval()(torch.rand(2, 3, 20, 36)).shape == (2, 5)
+
+
 def test_em_fast_preset_keeps_the_official_single_class_wise_step():
     """The ``fast`` preset once set 10 PGD steps in both modes: ten times the cost of a class-wise sweep."""
     fast = {mode: create_attack("em", preset="fast", mode=mode).pgd_steps for mode in ("class", "sample")}

@@ -319,7 +319,7 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     if isinstance(model, str):
         if model in CLASSICAL:
             model_kwargs.setdefault("seed", cfg.seed)
-        model = create_model(model, trainset.channels, trainset.num_classes, trainset.image_size[0], **model_kwargs)
+        model = create_model(model, trainset.channels, trainset.num_classes, trainset.image_size, **model_kwargs)
     if isinstance(model, PixelClassifier):
         return _fit_classical(model, trainset, testset, description)
     x = torch.from_numpy(np.array(trainset.x)).to(device)  # a copy: saved sets are read-only memory maps

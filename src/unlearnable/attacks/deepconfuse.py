@@ -513,7 +513,7 @@ class DeepConfuse(Attack):
     def _classifier(self, data: ImageSet, device: torch.device) -> nn.Module:
         from ..models import create_model
 
-        return create_model(self.surrogate, data.channels, data.num_classes, data.image_size[0]).to(device)
+        return create_model(self.surrogate, data.channels, data.num_classes, data.image_size).to(device)
 
     def _split(self, data: ImageSet) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.seed)

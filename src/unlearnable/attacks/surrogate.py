@@ -41,7 +41,7 @@ def make_surrogate(name: str, data: ImageSet, device: torch.device, width: int |
     (architectures that have one: ``cnn``, ``convnet``) overrides the model's default width."""
     check_surrogate(name, width)
     kwargs = {} if width is None else {"width": width}
-    model = create_model(name, data.channels, data.num_classes, data.image_size[0], **kwargs)
+    model = create_model(name, data.channels, data.num_classes, data.image_size, **kwargs)
     return model.to(device, memory_format=torch.channels_last)
 
 

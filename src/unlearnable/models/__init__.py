@@ -1,6 +1,7 @@
 """Victim and surrogate architectures behind one registry.
 
-Every factory takes ``in_channels``, ``num_classes`` and ``image_size`` (height) and returns a ``torch.nn.Module``
+Every factory takes ``in_channels``, ``num_classes`` and ``image_size`` (height; ``image_width`` too where the
+layers depend on it) and returns a ``torch.nn.Module``
 mapping float images in [0, 1] to logits - or, for the classical victims (``svm-linear``, ``svm-rbf``,
 ``random-forest``), a :class:`~unlearnable.models.classical.PixelClassifier` that the trainer fits on flattened
 pixels. Create one with :func:`create_model`.
@@ -30,6 +31,15 @@ MODELS.add("random-forest", f"{_M}.classical:random_forest",
 CLASSICAL = ("svm-linear", "svm-rbf", "random-forest")  # fitted by scikit-learn; no gradients, no surrogates
 
 
-def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, **kwargs):
-    """A fresh model by registry name (``cnn``, ``resnet18``...). Unknown names raise a clear error."""
-    return MODELS.create(name, in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_size: int | tuple[int, int] = 28,
+                 **kwargs):
+    """A fresh model by registry name (``cnn``, ``resnet18``...). Unknown names raise a clear error.
+
+    ``image_size``: the side of square images, or (height, width). Factories get the height; those whose layers
+    depend on the width too (``linear``, ``lenet``: a dense layer on the flattened map) also get ``image_width``."""
+    import inspect
+
+    h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    if w != h and "image_width" in inspect.signature(MODELS.get(name)).parameters:
+        kwargs["image_width"] = w
+    return MODELS.create(name, in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)

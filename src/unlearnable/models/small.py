@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UnlearnableError
 
 
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -54,16 +55,21 @@ def convnet(in_channels: int, num_classes: int, image_size: int, width: int = 64
     )
 
 
-def linear(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+def linear(in_channels: int, num_classes: int, image_size: int, image_width: int | None = None) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * (image_width or image_size), num_classes))
 
 
-def lenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def lenet(in_channels: int, num_classes: int, image_size: int, image_width: int | None = None) -> nn.Module:
     """The official MNIST classifier (``create_net``): two 5x5 conv-BN-ReLU-avgpool layers, a 500-unit hidden
     layer. Four times cheaper than ``cnn``, which matters because the pseudo-update is differentiated twice."""
-    side = ((image_size - 4) // 2 - 4) // 2
+    def side(n: int) -> int:
+        return ((n - 4) // 2 - 4) // 2
+
+    if min(side(image_size), side(image_width or image_size)) < 1:
+        raise UnlearnableError(f"lenet needs images of at least 16 x 16 pixels, got {image_size} x "
+                               f"{image_width or image_size}")
     return nn.Sequential(
         nn.Conv2d(in_channels, 20, 5), nn.BatchNorm2d(20), nn.ReLU(), nn.AvgPool2d(2),
         nn.Conv2d(20, 50, 5), nn.BatchNorm2d(50), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-        nn.Linear(50 * side * side, 500), nn.BatchNorm1d(500), nn.ReLU(), nn.Linear(500, num_classes),
+        nn.Linear(50 * side(image_size) * side(image_width or image_size), 500), nn.BatchNorm1d(500), nn.ReLU(), nn.Linear(500, num_classes),
         nn.BatchNorm1d(num_classes))

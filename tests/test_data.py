@@ -180,14 +180,20 @@ def test_folder_follows_links_scales_16_bit_and_skips_hidden_files(tmp_path):
         load_dataset(f"folder:{tmp_path / 'photos'}")
 
 
-def test_folder_splits_must_agree_in_size_and_colour(tmp_path):
+def test_folder_one_colour_image_makes_it_colour_and_splits_must_agree_in_size(tmp_path):
     from PIL import Image
 
     for split, mode in (("train", "L"), ("test", "RGB")):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
-            Image.new(mode, (8, 8)).save(tmp_path / split / c / "0.png")
-    with pytest.raises(UnlearnableError, match="train images are 1x8x8 but .*test images are 3x8x8"):
+            Image.new(mode, (8, 8), color=200 if mode == "L" else (10, 20, 30)).save(tmp_path / split / c / "0.png")
+    Image.new("RGB", (8, 8), color=(1, 2, 3)).save(tmp_path / "train" / "b" / "1.png")
+    train, test = load_dataset(f"folder:{tmp_path}")  # the first file (grey) no longer decides for the folder
+    assert train.x.shape[1:] == test.x.shape[1:] == (3, 8, 8)
+    assert train.x[0, :, 0, 0].tolist() == [200, 200, 200] and train.x[2, :, 0, 0].tolist() == [1, 2, 3]
+    Image.new("RGB", (9, 8)).save(tmp_path / "test" / "a" / "0.png")
+    Image.new("RGB", (9, 8)).save(tmp_path / "test" / "b" / "0.png")
+    with pytest.raises(UnlearnableError, match="train images are 3x8x8 but .*test images are 3x8x9"):
         load_dataset(f"folder:{tmp_path}")
 
 

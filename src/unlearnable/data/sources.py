@@ -230,6 +230,8 @@ def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], lis
             first = arrays[0] if arrays else None
             arrays.append(_read_image(f, first))
             advance(1)
+    if any(a.shape[0] == 3 for a in arrays):  # one colour image makes the folder colour: grey ones get 3 channels
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     y = np.array([c for _, c in files], dtype=np.int64)
     names = [str(f.relative_to(root)) for f, _ in files]
     return np.stack(arrays), y, classes, names
@@ -241,8 +243,7 @@ def _shape(x: np.ndarray) -> str:
 
 
 def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
-    """One image file as C x H x W uint8: grey if the folder's ``first`` image is (or, for the first, the file is),
-    else RGB; of ``first``'s size."""
+    """One image file as C x H x W uint8: 1 channel if the file is grey, else 3 (RGB); of ``first``'s size."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -250,10 +251,8 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
             im.load()
             if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): scaled to 8 bits; Pillow's convert clips
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
-            if first is None:
-                mode = "L" if im.mode in ("L", "1", "I") else "RGB"
-            else:
-                mode = "L" if first.shape[0] == 1 else "RGB"
+            mode = "L" if im.mode in ("L", "1", "I", "LA") else "RGB"
+            if first is not None:
                 if im.size != (first.shape[2], first.shape[1]):
                     raise UnlearnableError(f"{f} is {im.size[0]}x{im.size[1]} but the others are "
                                            f"{first.shape[2]}x{first.shape[1]}; resize the folder to one size first")
@@ -298,6 +297,8 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
         xte, yte, classes_te, names_te = _cached_tree(root / "test")
         if classes_te != classes:
             raise UnlearnableError(f"{root}/train and {root}/test have different class folders")
+        if xte.shape[1] != xtr.shape[1]:  # a colour split makes the other colour too
+            xtr, xte = (np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x for x in (xtr, xte))
         if xte.shape[1:] != xtr.shape[1:]:
             raise UnlearnableError(f"{root}/train images are {_shape(xtr)} but {root}/test images are "
                                    f"{_shape(xte)}; give both splits one size and one colour mode")

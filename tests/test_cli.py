@@ -93,6 +93,7 @@ def test_list_is_fast_and_lists():
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
     (["detect", "--data", "{tmp}", "--drop"], "--out"),
+    (["detect", "--data", "{tmp}", "--out", "{tmp}/o"], "--purify or --drop"),
     (["detect", "--data", "{tmp}", "--drop", "--purify", "bdr", "--out", "{tmp}/o"], "exclude each other"),
     (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),
     (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
@@ -233,6 +234,21 @@ def test_tampered_set_is_refused(tmp_path):
         f.seek(-1, 2)
         f.write(b"\x07")
     assert "SHA-256" in one_line_error(run("train", "--data", str(out)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for damage, needle in (({"source": None}, "'source' is missing"), ({"format": 99}, "newer than this package"),
+                           ({"budget": {"norm": "linf", "eps": "x"}}, "'budget'"),
+                           ({"changed": [10 ** 9]}, "beyond the set")):
+        (out / "manifest.json").write_text(json.dumps({**manifest, **damage}))
+        assert needle in one_line_error(run("info", str(out))), damage
+    (out / "manifest.json").write_text("[1, 2]")
+    assert "not a JSON object" in one_line_error(run("info", str(out)))
+    assert oct((out.stat().st_mode & 0o777)) == oct(0o777 & ~_umask())  # not mkdtemp's private 0700
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_detect_purifies_only_the_flagged_samples(tmp_path):
@@ -299,9 +315,10 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     p = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
             f"folder:{tmp_path / 'both'}", "--json", "--scores", str(tmp_path / "s.csv"), check_rc=0)
     res = json.loads(p.stdout)
-    # 'both' holds the 160 suspect images of 'alone' (its carved training split) too: they are no reference
-    assert "160 of its images are also in the suspect set" in p.stderr, p.stderr
-    assert res["method"] == "contrast" and res["params"]["reference"] == 140 and res["set"]["test"] == 140, res
+    # every image of 'alone' is a suspect (its carved split too), and 'both' holds all 200: they are no reference
+    assert "200 of its images are also in the suspect set" in p.stderr, p.stderr
+    assert res["method"] == "contrast" and res["params"]["reference"] == 100 and res["set"]["test"] == 100, res
+    assert res["samples"] == 200, res
     header = (tmp_path / "s.csv").read_text().splitlines()[0]
     assert header == "index,file,label,class,score,score_linear,score_network,flagged", header
     assert set(res["verdict"]) == {"share", "expected", "threshold", "differs"}, res
@@ -327,9 +344,20 @@ def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["artifacts"]["generator.safetensors"]["eps"] == pytest.approx(0.3)
     assert "generator.safetensors" in manifest["sha256"]
-    run("protect", "--generator", str(out), "--data", str(out), "--out", str(tmp_path / "new"), check_rc=0)
+    from unlearnable.data import export_png, load_set
+
+    export_png({"train": load_set(out).subset(np.arange(40)), "test": load_set(out).subset(np.arange(40, 60))},
+               tmp_path / "f")  # (its images, as new ones: a folder carries no poison record)
+    run("protect", "--generator", str(out), "--data", f"folder:{tmp_path / 'f'}", "--out", str(tmp_path / "new"),
+        check_rc=0)
     again = json.loads((tmp_path / "new" / "manifest.json").read_text())
     assert again["method"] == "deepconfuse" and max(again["norms"]["linf"]) <= 76 / 255 + 1e-6
+    # the poisoned set itself is refused: a second perturbation on it would break the budget against its clean images
+    assert "already poisoned (deepconfuse)" in one_line_error(run("protect", "--generator", str(out), "--data",
+                                                                  str(out), "--out", str(tmp_path / "twice")))
+    assert "would overwrite the input" in one_line_error(run("export", str(out), "--out", str(out), "--overwrite"))
+    assert "give ratio as --ratio" in one_line_error(run("poison", "--attack", "random-noise", "--set", "ratio=0.2",
+                                                         "--out", str(tmp_path / "r")))
 
 
 def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train, small_test):

@@ -60,10 +60,19 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
         _say(f"{name}: preset fast, its CPU budget (--set preset=none runs the paper's settings)")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
+    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input."""
     from .data.store import check_out_dir
 
     check_out_dir(out, overwrite)
+    target = out.resolve()
+    for spec in filter(None, map(str, inputs)):
+        path = Path(spec.split(":", 1)[1] if spec.startswith(("folder:", "npz:")) else spec).expanduser()
+        if not path.exists():
+            continue
+        path = path.resolve()
+        if target == path or target in path.parents or path in target.parents:
+            raise UnlearnableError(f"--out {out} would overwrite the input {spec}; give another folder")
 
 
 @app.command()
@@ -73,7 +82,8 @@ def poison(
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the poisoned set to"),
     eps: Optional[str] = typer.Option(None, help="budget: 8/255, 0.031, or 8 with --eps-unit levels"),
     eps_unit: str = typer.Option("unit", help="unit of --eps: 'unit' ([0, 1] scale) or 'levels' (0..255)"),
-    norm: Optional[str] = typer.Option(None, help="linf, l2 or l0 (default: the attack's)"),
+    norm: Optional[str] = typer.Option(None, help="the budget's norm (default: the attack's; every landed attack "
+                                       "takes linf)"),
     ratio: float = typer.Option(1.0, help="fraction of training samples to poison, in (0, 1]"),
     seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="attack parameter key=value (repeatable); on a "
@@ -85,6 +95,7 @@ def poison(
     from .params import parse_eps, parse_sets
 
     options = parse_sets(set_)
+    _own_options(options, "ratio", "seed", "eps", "norm")
     options.update(ratio=ratio, seed=seed)
     if eps is not None:
         options["eps"] = parse_eps(eps, eps_unit)
@@ -94,10 +105,11 @@ def poison(
 
     _cpu_preset(options, ATTACKS.get(attack), attack)
     atk = create_attack(attack, **options)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, data)
     from .data import load, save_set
 
     train, _ = load(data)
+    _refuse_poisoned(train, data)
     if subset:
         train = train.take(subset, seed=seed)
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
@@ -107,7 +119,34 @@ def poison(
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
     atk.clear_state()
     _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
-         f"{poisoned.provenance['crafting_seconds']} s)")
+         f"{poisoned.provenance['crafting_seconds']} s){_unchanged_note(poisoned, train)}")
+
+
+def _own_options(options: dict, *names: str) -> None:
+    """Options the command has flags for are refused in ``--set``, where the flag's default would override them."""
+    for name in names:
+        if name in options:
+            raise UnlearnableError(f"give {name} as --{name}, not --set {name}=...")
+
+
+def _refuse_poisoned(data, spec: str) -> None:
+    """Stacking a perturbation on a poisoned saved set would break the budget against the clean images."""
+    method = data.provenance.get("method")
+    if method:
+        raise UnlearnableError(f"{spec} is already poisoned ({method}): start from its clean source ({data.source}), "
+                               "or export it as a folder to treat its images as new ones")
+
+
+def _unchanged_note(saved, clean) -> str:
+    """A warning when 8-bit rounding left images the method meant to change identical to their input."""
+    import numpy as np
+
+    same = int(np.all(np.asarray(saved.x).reshape(len(saved), -1) == np.asarray(clean.x).reshape(len(clean), -1),
+                      axis=1).sum())
+    if not same:
+        return ""
+    return (f"; warning: {same} of the {len(saved)} images are identical to their input after 8-bit rounding "
+            "(a perturbation under half a level)")
 
 
 @app.command()
@@ -125,10 +164,11 @@ def purify(
     from .params import parse_sets
 
     options = parse_sets(set_)
+    _own_options(options, "seed")
     options["seed"] = seed
     _cpu_preset(options, DEFENSES.get(defense), defense)
     pur = create_defense(defense, **options)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, data)
     from .data import load, save_set
 
     train, _ = load(data)
@@ -207,7 +247,7 @@ def export(
     from a folder keeps each file's own name (as .png)."""
     if format != "png":
         raise UnlearnableError(f"unknown format {format!r}; known: png")
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, data)
     from .data import export_png, load
     from .progress import task
 
@@ -265,7 +305,7 @@ def protect(
     A saved set holds the training split (a folder without train/ and test/ keeps its seeded 20% test split out);
     --png protects every image of a folder and mirrors it: OUT/train/<class>/<file>.png (and OUT/test/ when the
     folder has train/ and test/)."""
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, data, str(generator))
     from .attacks.deepconfuse import load_generator, protect_set
     from .data import export_png, load, save_set
     from .data.sources import unsplit
@@ -273,6 +313,7 @@ def protect(
 
     gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator, resolve_device())
     train, test = load(data)
+    _refuse_poisoned(train, data)
     folder = data.startswith("folder:")  # a saved set made from a folder is protected as the set it is
     carved = folder and test.provenance.get("carved")  # one tree split 80/20 on loading
     if png and folder:
@@ -289,7 +330,8 @@ def protect(
     else:
         save_set(protected["train"], out, clean=train, overwrite=overwrite)
     held = f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
-    _say(f"protected {n} images -> {out}{held if carved and not png else ''}")
+    unchanged = _unchanged_note(protected["train"], parts["train"])
+    _say(f"protected {n} images -> {out}{held if carved and not png else ''}{unchanged}")
 
 
 @app.command()
@@ -326,10 +368,12 @@ def detect(
     defense = None
     if drop and purify_with is not None:
         raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
+    if out is not None and not drop and purify_with is None:
+        raise UnlearnableError("--out is where --purify or --drop writes its set: give one of them, or leave --out out")
     if drop:
         if out is None:
             raise UnlearnableError("--drop needs --out (where to write the set without the flagged samples)")
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, data, reference)
     if purify_with is not None:
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
@@ -340,7 +384,7 @@ def detect(
             pur_options.setdefault("preset", "fast")
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with)  # the others, as `purify` does
         defense = create_defense(purify_with, **pur_options)
-        _check_out(out, overwrite)
+        _check_out(out, overwrite, data, reference)
     from .data.store import check_out_file
 
     for path in (scores, plot):
@@ -351,11 +395,14 @@ def detect(
     from .detect import check_set
     from .detect import detect as run_detect
 
+    if test.provenance.get("carved") and not is_saved_set(data):
+        # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference,
+        # and its images are suspects too: every image of the folder is scored (and saved by --purify / --drop).
+        from .data.sources import unsplit
+
+        train, test = (unsplit(train, test) if "file_names" in train.provenance else train), None
     if reference is not None:
         test = _reference_images(reference, train)
-    elif test.provenance.get("carved") and not is_saved_set(data):
-        # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
-        test = None
     if method == "contrast":
         if test is None:
             raise UnlearnableError(f"the contrast detector needs trusted clean images: {data} has no test split of its "
@@ -439,6 +486,10 @@ def _reference_images(spec: str, suspect):
     from .data import load
 
     train, test = load(spec)
+    if train.x.shape[1:] != suspect.x.shape[1:]:
+        shape = "x".join(map(str, suspect.x.shape[1:]))
+        raise UnlearnableError(f"--reference {spec} holds {'x'.join(map(str, train.x.shape[1:]))} images but the "
+                               f"suspect set {shape} ones; the reference must look like the suspect set's clean part")
     if train.source == suspect.source:
         _say(f"--reference {spec} is where the suspect set comes from: only its {len(test)} test images are used")
         ref = test

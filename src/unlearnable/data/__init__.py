@@ -39,7 +39,11 @@ def clean_counterpart(data: ImageSet) -> ImageSet:
     """The clean training split a saved set was made from (same order), reloaded from its source."""
     train, _ = load_dataset(data.source)
     if "source_index" in data.provenance:
-        train = train.subset(np.asarray(data.provenance["source_index"]))
+        index = np.asarray(data.provenance["source_index"], dtype=np.int64)
+        if len(index) and index.max() >= len(train):
+            raise UnlearnableError(f"this set's source_index names image {index.max()} but {data.source} has "
+                                   f"{len(train)} training images")
+        train = train.subset(index)
     if train.x.shape != data.x.shape:
         raise UnlearnableError(f"the clean training split of {data.source} no longer matches this set's shape")
     return train

@@ -79,6 +79,9 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp's 0700 would make a folder meant for release private
         yield tmp
         old = None
         if out.exists():
@@ -198,9 +201,36 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not is_saved_set(path):
         raise UnlearnableError(f"{path} is not a saved set (no {MANIFEST})")
     try:
-        return json.loads((path / MANIFEST).read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except json.JSONDecodeError as e:
         raise UnlearnableError(f"{path / MANIFEST} is not valid JSON: {e}") from None
+    _check_manifest(path / MANIFEST, manifest)
+    return manifest
+
+
+def _check_manifest(where: Path, m: Any) -> None:
+    """A one-line error for a manifest that was edited into something this package cannot read."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UnlearnableError(f"{where} is damaged: {what}")
+
+    need(isinstance(m, dict), "not a JSON object")
+    need(isinstance(m.get("format"), int), "no format number")
+    need(m["format"] <= FORMAT_VERSION, f"format {m['format']} is newer than this package reads ({FORMAT_VERSION}); "
+         "update unlearnable")
+    for key, kind in (("source", str), ("split", str), ("classes", list), ("shape", list), ("sha256", dict)):
+        need(isinstance(m.get(key), kind), f"'{key}' is missing or not a {kind.__name__}")
+    need(len(m["shape"]) == 4 and all(isinstance(n, int) and n >= 0 for n in m["shape"]), "'shape' is not N,C,H,W")
+    n = m["shape"][0]
+    for key in ("changed", "label_changed", "source_index"):
+        v = m.get(key, [])
+        need(isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v), f"'{key}' is not a list of "
+             "indices")
+    need(all(i < n for key in ("changed", "label_changed") for i in m.get(key, [])), "an index beyond the set")
+    budget = m.get("budget")
+    if budget is not None:
+        need(isinstance(budget, dict) and isinstance(budget.get("norm"), str)
+             and isinstance(budget.get("eps"), (int, float)), "'budget' needs a norm name and a number eps")
 
 
 def verify_hashes(path: Path, manifest: dict[str, Any]) -> None:

@@ -97,6 +97,8 @@ def test_list_is_fast_and_lists():
     (["detect", "--data", "{tmp}", "--drop", "--purify", "bdr", "--out", "{tmp}/o"], "exclude each other"),
     (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),
     (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
+    (["detect", "--data", "{tmp}", "--plot", "{tmp}/plot.jpg"], "give it a .png name"),
+    (["info", "{tmp}", "--grid", "{tmp}/grid.jpg"], "give it a .png name"),
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),
@@ -223,7 +225,7 @@ def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path
         assert json.loads(p.stdout)["threshold"] == expected.threshold
     else:
         p_hat = DVAE(**opts, skip="s2").fit(data).estimate_perturbation(data.x, data.y)
-        assert f"p_hat rms {np.sqrt(np.mean(p_hat.astype(np.float64) ** 2)):.4f}" in p.stdout
+        assert f"p_hat RMS {np.sqrt(np.mean(p_hat.astype(np.float64) ** 2)) * 255:.1f} levels" in p.stdout
     assert not state.exists()  # cleared once the D-VAE's part was done
 
 

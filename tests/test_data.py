@@ -205,7 +205,8 @@ def test_npz_checks_labels_and_its_test_split(tmp_path):
             ("shape", dict(x_test=np.zeros((4, 3, 4, 4), np.uint8), y_test=y[:4]), "x_test images are 3x4x4"),
             ("range", dict(x_test=x[:4], y_test=np.arange(4)), "y_test has label 3"),
             ("neg", dict(y=y - 1), "negative label"),
-            ("float", dict(y=y * 0.5), "integer class labels")):
+            ("float", dict(y=y * 0.5), "integer class labels"),
+            ("nan", dict(x=np.full((10, 4, 4), np.nan, np.float32)), r"floats in \[0, 1\]")):
         np.savez(tmp_path / f"{name}.npz", **{"x": x, "y": y, **arrays})
         with pytest.raises(UnlearnableError, match=needle):
             load_dataset(f"npz:{tmp_path / name}.npz")

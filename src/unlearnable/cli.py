@@ -272,7 +272,7 @@ def info(
     if grid is not None:
         from .data.store import check_out_file
 
-        check_out_file(grid, overwrite)
+        check_out_file(grid, overwrite, ".png")
     typer.echo(describe_set(data, grid))
 
 
@@ -387,9 +387,9 @@ def detect(
         _check_out(out, overwrite, data, reference)
     from .data.store import check_out_file
 
-    for path in (scores, plot):
+    for path, suffix in ((scores, ".csv"), (plot, ".png")):
         if path is not None:
-            check_out_file(path, overwrite)
+            check_out_file(path, overwrite, suffix)
     train, test = load(data)
     from .data.store import is_saved_set
     from .detect import check_set
@@ -531,7 +531,7 @@ def dvae_check(
     res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train),
                 **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
-               f"(p_hat rms {res['p_rms']:.4f})")
+               f"(p_hat RMS {res['p_rms'] * 255:.1f} levels of 255)")
 
 
 def _resumable(job, state: str) -> None:

@@ -374,7 +374,7 @@ def _images_from_array(x: np.ndarray, path: Path, name: str = "x") -> np.ndarray
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.floating) or x.min() < 0 or x.max() > 1:
+        if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise UnlearnableError(f"{path}: {name} must be uint8, or floats in [0, 1]")
         x = to_uint8(x)
     return np.ascontiguousarray(x)

@@ -57,11 +57,14 @@ def _check_replaceable(out: Path) -> None:
         raise UnlearnableError(f"{out} holds the current directory and would be replaced; give --out a new folder")
 
 
-def check_out_file(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an output file that is a directory, or an existing file unless ``overwrite``: before any long work."""
+def check_out_file(path: str | Path, overwrite: bool, suffix: str | None = None) -> Path:
+    """Refuse an output file that is a directory, or an existing file unless ``overwrite``, or one whose name does
+    not end in ``suffix`` (the format it will hold): before any long work."""
     path = Path(path)
     if path.is_dir():
         raise UnlearnableError(f"{path} is a directory; give a file name")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UnlearnableError(f"{path} will hold a {suffix[1:].upper()} file: give it a {suffix} name")
     if path.exists() and not overwrite:
         raise UnlearnableError(f"{path} exists; pass --overwrite to replace it")
     return path

@@ -111,7 +111,7 @@ def poison(
     train, _ = load(data)
     _refuse_poisoned(train, data)
     if subset:
-        train = train.take(subset, seed=seed)
+        train = _take(train, subset, seed)
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
     _resumable(atk, _state_next_to(out))
     poisoned = atk.poison(train)
@@ -120,6 +120,13 @@ def poison(
     atk.clear_state()
     _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
          f"{poisoned.provenance['crafting_seconds']} s){_unchanged_note(poisoned, train)}")
+
+
+def _take(data, n: int, seed: int):
+    """``--subset N``: a seeded class-balanced subset, or the whole set (said so) when it has no more than N."""
+    if n >= len(data):
+        _say(f"--subset {n}: the set has {len(data)} training images, all used")
+    return data.take(n, seed=seed)
 
 
 def _own_options(options: dict, *names: str) -> None:
@@ -217,7 +224,7 @@ def train(
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
     cfg = TrainConfig(seed=seed, device=device, **changes)
     if subset:
-        trainset = trainset.take(subset, seed=seed)
+        trainset = _take(trainset, subset, seed)
     if not json_:
         _say(f"training {model} on {len(trainset)} images ({data}), testing on {len(testset)} clean images ...")
     result = fit(trainset, testset, model, cfg)

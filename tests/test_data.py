@@ -275,6 +275,9 @@ def test_imageset_validates():
         ImageSet(np.zeros((3, 1, 4, 4), np.uint8), np.zeros(2), ["a", "b"])
     with pytest.raises(UnlearnableError):
         ImageSet(np.zeros((3, 1, 4, 4), np.float32), np.zeros(3), ["a", "b"])
+    with pytest.raises(UnlearnableError, match="whole class indices"):  # was truncated to [0, 1, 0] silently
+        ImageSet(np.zeros((3, 1, 4, 4), np.uint8), np.array([0.9, 1.5, -0.5]), ["a", "b"])
+    assert ImageSet(np.zeros((2, 1, 4, 4), np.uint8), np.array([0.0, 1.0]), ["a", "b"]).y.tolist() == [0, 1]
 
 
 def test_partial_keeps_a_seeded_fraction_of_the_poison(small_train):

@@ -115,6 +115,19 @@ def test_small_models_take_images_that_are_not_square(name):
     assert create_model(name, 3, 5, (20, 36)).eval()(torch.rand(2, 3, 20, 36)).shape == (2, 5)
 
 
+def test_python_values_are_type_checked_and_numpy_scalars_converted():
+    """A numpy seed from ``np.arange`` passed creation and crafting, then broke the manifest's JSON at the save."""
+    rn = create_attack("random-noise", seed=np.int64(1), eps=np.float32(0.03))
+    assert type(rn.seed) is int and type(rn.eps) is float
+    for name, bad, needle in (("em", {"eps": None}, "eps must be a number"), ("em", {"seed": 1.5}, "an integer"),
+                              ("em", {"seed": -1}, "negative"), ("em", {"eps": True}, "eps must be a number"),
+                              ("jpeg", {"quality": 1.5}, "an integer")):
+        with pytest.raises(UnlearnableError, match=needle):
+            (create_attack if name in ATTACKS.names() else create_defense)(name, **bad)
+    with pytest.raises(UnlearnableError, match="epochs must be an integer"):
+        TrainConfig(epochs=1.5)
+
+
 def test_em_fast_preset_keeps_the_official_single_class_wise_step():
     """The ``fast`` preset once set 10 PGD steps in both modes: ten times the cost of a class-wise sweep."""
     fast = {mode: create_attack("em", preset="fast", mode=mode).pgd_steps for mode in ("class", "sample")}

@@ -140,6 +140,60 @@ def preset_options(cls: type, name: str, kind: str) -> dict[str, Any]:
     return presets[name]
 
 
+def check_types(obj: Any) -> None:
+    """Check a method's or config's dataclass fields against their annotations (``int``, ``float``, ``bool``,
+    ``str``, optionally ``None``) with a one-line error, converting numpy scalars (``seed=np.int64(1)`` from a loop
+    over ``np.arange``, which would only fail when the manifest is written) and ints given for floats."""
+    import numpy as np
+
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        kinds = _simple_kinds(hints.get(f.name))
+        if kinds is None:
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None and type(None) in kinds:
+            pass
+        elif isinstance(value, bool):
+            check(bool in kinds, f"{f.name} must be {_kind_names(kinds)}, got {value!r}")
+        elif isinstance(value, int) and int not in kinds and float in kinds:
+            value = float(value)
+        else:
+            check(isinstance(value, tuple(k for k in kinds if k is not bool)),
+                  f"{f.name} must be {_kind_names(kinds)}, got {value!r}")
+        setattr(obj, f.name, value)
+
+
+def _simple_kinds(annotation: Any) -> tuple | None:
+    """``(int,)`` for ``int``, ``(int, NoneType)`` for ``int | None``; None for anything else (lists, dicts...)."""
+    import types
+
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        kinds = (annotation,)
+    elif origin in (typing.Union, types.UnionType):
+        kinds = typing.get_args(annotation)
+    else:
+        return None
+    return kinds if all(k in (int, float, bool, str, type(None)) for k in kinds) else None
+
+
+def _kind_names(kinds: tuple) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "None"}
+    return " or ".join(names[k] for k in kinds)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def check(condition: bool, message: str) -> None:
     """Raise a one-line :class:`UnlearnableError` unless ``condition``."""
     if not condition:

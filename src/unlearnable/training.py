@@ -63,8 +63,9 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
 
     def __post_init__(self) -> None:
-        from .params import check
+        from .params import check, check_types
 
+        check_types(self)
         check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")

@@ -29,7 +29,10 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x)
-        self.y = np.asarray(self.y).astype(np.int64, copy=False)
+        y = np.asarray(self.y)
+        if y.dtype.kind not in "iu" and not (y.dtype.kind in "fb" and np.array_equal(y, np.round(y))):
+            raise UnlearnableError(f"labels must be whole class indices, got {y.dtype} values that are not")
+        self.y = y.astype(np.int64, copy=False)
         if self.x.dtype != np.uint8 or self.x.ndim != 4:
             raise UnlearnableError(f"images must be uint8 N x C x H x W, got {self.x.dtype} {self.x.shape}")
         if len(self.x) != len(self.y):

@@ -118,8 +118,9 @@ def poison(
     files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
     atk.clear_state()
+    note = _unchanged_note(poisoned, train) if atk.changes_images else ""
     _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
-         f"{poisoned.provenance['crafting_seconds']} s){_unchanged_note(poisoned, train)}")
+         f"{poisoned.provenance['crafting_seconds']} s){note}")
 
 
 def _take(data, n: int, seed: int):
@@ -148,12 +149,15 @@ def _unchanged_note(saved, clean) -> str:
     """A warning when 8-bit rounding left images the method meant to change identical to their input."""
     import numpy as np
 
-    same = int(np.all(np.asarray(saved.x).reshape(len(saved), -1) == np.asarray(clean.x).reshape(len(clean), -1),
-                      axis=1).sum())
+    changed = np.asarray(saved.provenance.get("changed", np.arange(len(saved))), dtype=np.int64)
+    if not len(changed):
+        return ""
+    x, x0 = np.asarray(saved.x)[changed], np.asarray(clean.x)[changed]
+    same = int(np.all(x.reshape(len(x), -1) == x0.reshape(len(x0), -1), axis=1).sum())
     if not same:
         return ""
-    return (f"; warning: {same} of the {len(saved)} images are identical to their input after 8-bit rounding "
-            "(a perturbation under half a level)")
+    return (f"; warning: {same} of the {len(changed)} images it changed are identical to their input after 8-bit "
+            "rounding (a perturbation under half a level)")
 
 
 @app.command()
@@ -348,7 +352,8 @@ def detect(
                                "contrast (a linear and a small conv classifier against trusted clean images)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),
     reference: Optional[str] = typer.Option(None, "--reference", help="trusted clean images (a dataset spec or "
-                                            "folder:PATH, all its images) for the set check and the contrast "
+                                            "folder:PATH: all its images but copies of suspect ones; the suspect "
+                                            "set's own source: its test split) for the set check and the contrast "
                                             "detector; default: the data's own clean test split"),
     purify_with: Optional[str] = typer.Option(None, "--purify", help="purify the flagged samples only with "
                                               "this defense (e.g. dvae) and save the set to --out"),
@@ -402,12 +407,10 @@ def detect(
     from .detect import check_set
     from .detect import detect as run_detect
 
+    unscored = 0
     if test.provenance.get("carved") and not is_saved_set(data):
-        # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference,
-        # and its images are suspects too: every image of the folder is scored (and saved by --purify / --drop).
-        from .data.sources import unsplit
-
-        train, test = (unsplit(train, test) if "file_names" in train.provenance else train), None
+        # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
+        unscored, test = len(test), None
     if reference is not None:
         test = _reference_images(reference, train)
     if method == "contrast":
@@ -415,6 +418,9 @@ def detect(
             raise UnlearnableError(f"the contrast detector needs trusted clean images: {data} has no test split of its "
                                    "own; pass --reference SPEC")
         options["reference"] = test
+    if unscored:
+        _say(f"{data} has no test split of its own: its seeded training split ({len(train)} images) is scored, the "
+             f"{unscored} others are not (give the folder train/ and test/ to choose them)")
     verdict = None if test is None else check_set(train, test)
     state = _state_in_cache("detect", train) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, **options)
@@ -482,6 +488,13 @@ def detect(
             typer.echo(f"{key}: {summary[key]}")
 
 
+def _same_source(a: str, b: str) -> bool:
+    """Two dataset specs naming the same data (``folder:./x`` and ``folder:x`` too)."""
+    if a.startswith("folder:") and b.startswith("folder:"):
+        return Path(a[7:]).expanduser().resolve() == Path(b[7:]).expanduser().resolve()
+    return a == b
+
+
 def _reference_images(spec: str, suspect):
     """The trusted clean images of ``detect --reference``: every image of ``spec``, both splits, except copies of
     suspect images (the detectors and the set check need images independent of the suspect set); only the test
@@ -497,7 +510,7 @@ def _reference_images(spec: str, suspect):
         shape = "x".join(map(str, suspect.x.shape[1:]))
         raise UnlearnableError(f"--reference {spec} holds {'x'.join(map(str, train.x.shape[1:]))} images but the "
                                f"suspect set {shape} ones; the reference must look like the suspect set's clean part")
-    if train.source == suspect.source:
+    if _same_source(train.source, suspect.source):
         _say(f"--reference {spec} is where the suspect set comes from: only its {len(test)} test images are used")
         ref = test
     else:

@@ -112,11 +112,13 @@ def _group_mean(step: torch.Tensor, groups: torch.Tensor, num_groups: int) -> to
     return total / count.view(-1, *([1] * (step.dim() - 1)))
 
 
-def differentiable_augment(image_size: int, flip: bool = True, pad: int = 4) -> nn.Module:
-    """kornia random crop (zero padding ``pad``) + horizontal flip, differentiable w.r.t. the images."""
+def differentiable_augment(image_size: int | tuple[int, int], flip: bool = True, pad: int = 4) -> nn.Module:
+    """kornia random crop (zero padding ``pad``) + horizontal flip, differentiable w.r.t. the images;
+    ``image_size``: a square's side or (height, width)."""
     import kornia.augmentation as K
 
-    ops: list[nn.Module] = [K.RandomCrop((image_size, image_size), padding=pad, p=1.0)] if pad else []
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    ops: list[nn.Module] = [K.RandomCrop(size, padding=pad, p=1.0)] if pad else []
     if flip:
         ops.append(K.RandomHorizontalFlip())
     return K.AugmentationSequential(*ops) if ops else nn.Identity()

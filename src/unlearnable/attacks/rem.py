@@ -92,7 +92,7 @@ class REM(Attack):
         gen = seed_everything(self.seed)
         x_all, y_all = data.tensors(device)
         size = data.image_size[0]
-        self._augment = differentiable_augment(size, default_flip(data.source), default_crop_pad(size))
+        self._augment = differentiable_augment(data.image_size, default_flip(data.source), default_crop_pad(size))
         self._defend = PGD(eps=self.eps, step_size=self.step_size or 2 * self.eps / self.steps, steps=self.steps,
                            random_start=True, eot=self.eot)
         self._attack = None  # the inner maximisation; rho = 0 or no steps: EM with an augmentation expectation

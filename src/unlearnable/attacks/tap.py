@@ -66,7 +66,7 @@ class TAP(Attack):
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
         (model,) = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device, width=self.model_width)
-        aug = differentiable_augment(data.image_size[0], default_flip(data.source)) if self.augment else None
+        aug = differentiable_augment(data.image_size, default_flip(data.source)) if self.augment else None
         pgd = PGD(eps=self.eps, step_size=self._step_size(), steps=self.steps, random_start=True)
         return targeted_pgd(self, pgd, [model], data, index, self.shift, self.restarts, self.batch_size, aug, gen,
                             device, f"tap ({self.steps} steps)"), data.y[index]

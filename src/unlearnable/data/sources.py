@@ -251,7 +251,7 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
             im.load()
             if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): scaled to 8 bits; Pillow's convert clips
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
-            mode = "L" if im.mode in ("L", "1", "I", "LA") else "RGB"
+            mode = "L" if im.mode in ("L", "1", "I") else "RGB"
             if first is not None:
                 if im.size != (first.shape[2], first.shape[1]):
                     raise UnlearnableError(f"{f} is {im.size[0]}x{im.size[1]} but the others are "

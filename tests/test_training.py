@@ -75,9 +75,24 @@ def test_flush_denormals_is_scoped():
     assert (tiny / 100).item() > 0  # ...and representable again after the block
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"eval_every": 0}])
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"eval_every": 0}, {"momentum": -1.0},
+                                 {"label_smoothing": 2.0}, {"crop_pad": -3}, {"grad_clip": -1.0}, {"lr": float("inf")}])
 def test_bad_recipe_is_a_clear_error(bad):
     from unlearnable.errors import UnlearnableError
 
     with pytest.raises(UnlearnableError, match=next(iter(bad))):
         TrainConfig(**bad)
+
+
+def test_a_test_set_unlike_the_training_set_is_a_clear_error(small_train, small_test):
+    import numpy as np
+
+    from unlearnable.errors import UnlearnableError
+
+    data = small_train.take(100)
+    with pytest.raises(UnlearnableError, match="test images are 3x28x28"):
+        train(data, small_test.replace(x=np.repeat(small_test.x[:50], 3, axis=1), y=small_test.y[:50]))
+    with pytest.raises(UnlearnableError, match="classes"):
+        train(data, small_test.replace(classes=small_test.classes[:-1] + ["other"]))
+    with pytest.raises(UnlearnableError, match="at least 2 classes"):
+        create_attack("label-flip").poison(data.replace(y=np.zeros(len(data), np.int64), classes=["one"]))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import ImageSet
+from ..params import check
 from .base import Attack
 
 
@@ -23,6 +24,7 @@ class LabelFlip(Attack):
     changes_images = False
 
     def craft(self, data: ImageSet, index: np.ndarray):
+        check(data.num_classes >= 2, f"label-flip needs at least 2 classes, got {data.num_classes}")
         rng = np.random.default_rng(self.seed)
         shift = rng.integers(1, data.num_classes, len(index))  # never the true class
         return None, (data.y[index] + shift) % data.num_classes

@@ -72,7 +72,8 @@ def clean_surrogate(data: ImageSet, name: str, epochs: int, seed: int, device: t
     keep = max(1, min(keep, epochs))
     at = sorted({int(round(e)) for e in np.linspace(epochs / keep, epochs, keep)})
     arch = name if width is None else f"{name}-w{width}"
-    run = cache_dir() / "surrogates" / f"{data.fingerprint()}-{arch}-e{epochs}-s{seed}"
+    shape = "x".join(map(str, (data.num_classes, *data.x.shape[1:])))  # the fingerprint is pixels and labels only
+    run = cache_dir() / "surrogates" / f"{data.fingerprint()}-{shape}-{arch}-e{epochs}-s{seed}"
     states = _load_epochs(run, at)
     if states is None:
         states = {}

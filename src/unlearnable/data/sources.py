@@ -291,7 +291,7 @@ def _cached_tree(root: Path):
 def folder(path: str) -> tuple[ImageSet, ImageSet]:
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise UnlearnableError(f"folder {root} does not exist")
+        raise UnlearnableError(f"{root} is a file, not a folder" if root.exists() else f"folder {root} does not exist")
     if (root / "train").is_dir() and (root / "test").is_dir():
         xtr, ytr, classes, names = _cached_tree(root / "train")
         xte, yte, classes_te, names_te = _cached_tree(root / "test")

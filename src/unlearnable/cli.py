@@ -423,7 +423,7 @@ def detect(
              f"{unscored} others are not (give the folder train/ and test/ to choose them)")
     verdict = None if test is None else check_set(train, test)
     state = _state_in_cache("detect", train) if method == "dvae" else None
-    result = run_detect(train, method=method, checkpoint=state, **options)
+    result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
     changed = train.provenance.get("changed")
     summary = {"set": verdict, **result.summary(changed)}
     if defense is not None:
@@ -448,6 +448,8 @@ def detect(
         from .report import score_histogram
 
         summary["plot"] = str(score_histogram(result, plot, changed))
+    if state is not None:  # everything is written: the detector's D-VAE is no longer needed
+        Path(state).unlink(missing_ok=True)
     if json_:
         typer.echo(json.dumps(summary))
         return

@@ -85,7 +85,7 @@ DVAE_SCORES = ("residual", "p_norm")
 
 
 def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", checkpoint: str | None = None,
-                **options: Any) -> np.ndarray:
+                keep_state: bool = False, **options: Any) -> np.ndarray:
     """Per-sample scores from the stage-1 D-VAE (higher = more likely poisoned).
 
     ``score="residual"`` (default): ``||x - clamp(x_hat + p_hat)||_2``, the part of a sample that neither the
@@ -98,7 +98,8 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", check
 
     ``dvae``: an already fitted :class:`~unlearnable.defenses.dvae.DVAE`; otherwise one is fitted on ``data`` with
     ``options`` (e.g. ``preset="fast"``; ``skip="s2"`` by default since only stage 1 is needed). ``checkpoint``: a
-    file where that fit keeps its training state, so an interrupted run continues (removed once the scores exist).
+    file where that fit keeps its training state, so an interrupted run continues (removed once the scores exist,
+    unless ``keep_state``: then the caller removes it once it has saved what it makes of them).
     """
     from .defenses.dvae import fit_stage1
 
@@ -107,7 +108,7 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", check
     if dvae is None:
         dvae = fit_stage1(data, checkpoint, **options)
     x_hat, p = dvae.decompose(data.x, data.y)
-    if checkpoint:
+    if checkpoint and not keep_state:
         dvae.clear_state()
     if score == "residual":
         p = data.x.astype(np.float32) / 255 - np.clip(x_hat + p, 0, 1)
@@ -422,7 +423,7 @@ def flag(scores: np.ndarray, threshold: float | None = None) -> Detection:
 
 
 def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None, checkpoint: str | None = None,
-           **options: Any) -> Detection:
+           keep_state: bool = False, **options: Any) -> Detection:
     """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`; its training
     resumes from ``checkpoint``, see :func:`dvae_scores`), ``"simple"`` (``options`` go to :func:`simple_scores`,
     which trains for seconds and keeps no state) or ``"contrast"`` (``options`` go to :func:`contrast_detect` and
@@ -439,7 +440,7 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
         if threshold is not None:  # the caller's own; the set-level answer (verdict) holds for the calibrated one only
             result = replace(flag(result.scores, threshold), method=method, params=result.params, parts=result.parts)
     else:
-        scores = (dvae_scores(data, checkpoint=checkpoint, **options) if method == "dvae"
+        scores = (dvae_scores(data, checkpoint=checkpoint, keep_state=keep_state, **options) if method == "dvae"
                   else simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options)))
         result = replace(flag(scores, threshold), method=method, params=dict(options))
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),

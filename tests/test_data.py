@@ -11,7 +11,7 @@ import pytest
 from unlearnable.attacks import create_attack
 from unlearnable.data import ImageSet, export_png, load, load_dataset, load_set, save_set
 from unlearnable.data.sources import unsplit
-from unlearnable.data.store import png_paths
+from unlearnable.data.store import png_paths, read_manifest
 from unlearnable.detect import flag
 from unlearnable.errors import UnlearnableError
 from unlearnable.params import parse_eps
@@ -64,6 +64,10 @@ def test_save_refuses_budget_violation(tmp_path, small_train):
     with pytest.raises(UnlearnableError, match="budget"):
         save_set(bad, tmp_path / "bad", clean=data)
     assert not (tmp_path / "bad").exists()
+    # a purified set keeps the attack's budget record, but its pixels are the purifier's: saved, with its norms
+    purified = bad.replace(provenance={**bad.provenance, "purified_by": {"method": "jpeg", "params": {}}})
+    save_set(purified, tmp_path / "purified", clean=data)
+    assert max(read_manifest(tmp_path / "purified")["norms"]["linf"]) == pytest.approx(9 / 255, abs=1e-6)
 
 
 def test_out_dir_not_overwritten_without_flag(tmp_path, small_train):

@@ -165,7 +165,8 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
     """Save ``data`` (usually a poisoned or purified train split) as a directory; return its path.
 
     When ``clean`` is given, the per-sample perturbation norms are computed against it and, if the provenance
-    names a budget (``{"norm": ..., "eps": ...}``), every sample is checked against it first.
+    names a budget (``{"norm": ..., "eps": ...}``) and is not a purified set's, every sample is checked against it
+    first (without ``clean`` nothing is checked).
     """
     out = check_out_dir(out, overwrite)
     manifest: dict[str, Any] = {
@@ -179,7 +180,8 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
         **data.provenance,
     }
     if clean is not None:
-        budget = data.provenance.get("budget")
+        # a purified set's budget record is the attack's it came from: its pixels are the purifier's, not bounded
+        budget = None if "purified_by" in data.provenance else data.provenance.get("budget")
         if budget:
             norms = check_budget(data.x, clean.x, budget["norm"], float(budget["eps"]))
         else:

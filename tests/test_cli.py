@@ -317,10 +317,12 @@ def test_detect_checks_the_set_only_against_a_test_split_of_its_own(tmp_path, sm
     p = run("detect", "--data", f"folder:{tmp_path / 'alone'}", "--method", "contrast", "--reference",
             f"folder:{tmp_path / 'both'}", "--json", "--scores", str(tmp_path / "s.csv"), check_rc=0)
     res = json.loads(p.stdout)
-    # 'both' holds the 160 suspect images of 'alone' (its seeded training split) too: they are no reference
+    # 'both' holds all 200 images of 'alone', suspects though 40 of them go unscored: they are no reference
     assert "its seeded training split (160 images) is scored, the 40 others are not" in p.stderr, p.stderr
-    assert "160 of its images are also in the suspect set" in p.stderr, p.stderr
-    assert res["method"] == "contrast" and res["params"]["reference"] == 140 and res["set"]["test"] == 140, res
+    assert "200 of its images are also in the suspect set" in p.stderr, p.stderr
+    assert res["method"] == "contrast" and res["params"]["reference"] == 100 and res["set"]["test"] == 100, res
+    assert "is the suspect data itself" in one_line_error(run(
+        "detect", "--data", f"folder:{tmp_path / 'alone'}", "--reference", f"folder:{tmp_path}/./alone"))
     header = (tmp_path / "s.csv").read_text().splitlines()[0]
     assert header == "index,file,label,class,score,score_linear,score_network,flagged", header
     assert set(res["verdict"]) == {"share", "expected", "threshold", "differs"}, res

@@ -407,12 +407,12 @@ def detect(
     from .detect import check_set
     from .detect import detect as run_detect
 
-    unscored = 0
+    unscored, carved = 0, None
     if test.provenance.get("carved") and not is_saved_set(data):
         # A test split carved out of the suspect images themselves would be as poisoned as the rest: no reference.
-        unscored, test = len(test), None
+        unscored, carved, test = len(test), test, None
     if reference is not None:
-        test = _reference_images(reference, train)
+        test = _reference_images(reference, train, carved)
     if method == "contrast":
         if test is None:
             raise UnlearnableError(f"the contrast detector needs trusted clean images: {data} has no test split of its "
@@ -420,7 +420,7 @@ def detect(
         options["reference"] = test
     if unscored:
         _say(f"{data} has no test split of its own: its seeded training split ({len(train)} images) is scored, the "
-             f"{unscored} others are not (give the folder train/ and test/ to choose them)")
+             f"{unscored} others are not (give a folder train/ and test/, an npz x_test and y_test, to choose them)")
     verdict = None if test is None else check_set(train, test)
     state = _state_in_cache("detect", train) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
@@ -497,10 +497,11 @@ def _same_source(a: str, b: str) -> bool:
     return a == b
 
 
-def _reference_images(spec: str, suspect):
+def _reference_images(spec: str, suspect, unscored=None):
     """The trusted clean images of ``detect --reference``: every image of ``spec``, both splits, except copies of
     suspect images (the detectors and the set check need images independent of the suspect set); only the test
-    split when ``spec`` is the suspect set's own source, whose training images are the suspects' clean twins."""
+    split when ``spec`` is the suspect set's own source, whose training images are the suspects' clean twins.
+    ``unscored``: the suspect folder's carved test split, suspect images too (never a reference)."""
     import hashlib
 
     import numpy as np
@@ -513,6 +514,8 @@ def _reference_images(spec: str, suspect):
         raise UnlearnableError(f"--reference {spec} holds {'x'.join(map(str, train.x.shape[1:]))} images but the "
                                f"suspect set {shape} ones; the reference must look like the suspect set's clean part")
     if _same_source(train.source, suspect.source):
+        if unscored is not None:
+            raise UnlearnableError(f"--reference {spec} is the suspect data itself; give trusted images from elsewhere")
         _say(f"--reference {spec} is where the suspect set comes from: only its {len(test)} test images are used")
         ref = test
     else:
@@ -521,7 +524,7 @@ def _reference_images(spec: str, suspect):
     def digest(image):
         return hashlib.blake2b(image.tobytes(), digest_size=16).digest()
 
-    seen = {digest(image) for image in suspect.x}
+    seen = {digest(image) for part in (suspect, unscored) if part is not None for image in part.x}
     keep = np.array([digest(image) not in seen for image in ref.x], dtype=bool)
     if not keep.all():
         _say(f"--reference {spec}: {int((~keep).sum())} of its images are also in the suspect set; left out")

@@ -330,7 +330,8 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             raise UnlearnableError(f"the test set's {testset.num_classes} classes are not the training set's "
                                    f"{trainset.num_classes}")
         if len(testset) == 0:
-            raise UnlearnableError("the test set is empty")
+            raise UnlearnableError("the test set is empty (a folder's seeded 20% test split needs 3 or more images "
+                                   "a class; or give it train/ and test/)")
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if isinstance(model, str):

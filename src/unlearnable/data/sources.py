@@ -262,6 +262,10 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+#: Bumped whenever reading a folder changes what the same files decode to: older cached arrays are not reused.
+_DECODER = 2  # 2: 16-bit grey scaled, a colour image makes the folder colour (2026-12-06)
+
+
 def _cached_tree(root: Path):
     """Decoding thousands of JPEGs takes seconds: keep the decoded arrays in the cache, keyed by the files' stats."""
     stats = []
@@ -271,7 +275,7 @@ def _cached_tree(root: Path):
         except OSError as e:
             raise UnlearnableError(f"cannot read image {p}: {e.strerror} (a broken link?)") from None
         stats.append((str(p.relative_to(root)), c, st.st_size, st.st_mtime_ns))
-    key = hashlib.sha256(repr((str(root.resolve()), stats)).encode()).hexdigest()[:20]
+    key = hashlib.sha256(repr((_DECODER, str(root.resolve()), stats)).encode()).hexdigest()[:20]
     path = cache_dir() / "folders" / f"{key}.npz"
     if path.exists():
         try:

@@ -62,12 +62,13 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
 
 def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
     """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input."""
+    from .data.sources import spec_path
     from .data.store import check_out_dir
 
     check_out_dir(out, overwrite)
     target = out.resolve()
     for spec in filter(None, map(str, inputs)):
-        path = Path(spec.split(":", 1)[1] if spec.startswith(("folder:", "npz:")) else spec).expanduser()
+        path = spec_path(spec) or Path(spec).expanduser()  # a dataset spec's path, or a saved set's folder
         if not path.exists():
             continue
         path = path.resolve()
@@ -492,8 +493,11 @@ def detect(
 
 def _same_source(a: str, b: str) -> bool:
     """Two dataset specs naming the same data (``folder:./x`` and ``folder:x`` too)."""
-    if a.startswith("folder:") and b.startswith("folder:"):
-        return Path(a[7:]).expanduser().resolve() == Path(b[7:]).expanduser().resolve()
+    from .data.sources import spec_path
+
+    pa, pb = spec_path(a), spec_path(b)
+    if pa is not None and pb is not None and a.startswith("folder:") and b.startswith("folder:"):
+        return pa.resolve() == pb.resolve()
     return a == b
 
 
@@ -507,12 +511,13 @@ def _reference_images(spec: str, suspect, unscored=None):
     import numpy as np
 
     from .data import load
+    from .data.imageset import shape_text
 
     train, test = load(spec)
     if train.x.shape[1:] != suspect.x.shape[1:]:
-        shape = "x".join(map(str, suspect.x.shape[1:]))
-        raise UnlearnableError(f"--reference {spec} holds {'x'.join(map(str, train.x.shape[1:]))} images but the "
-                               f"suspect set {shape} ones; the reference must look like the suspect set's clean part")
+        raise UnlearnableError(f"--reference {spec} holds {shape_text(train.x)} images but the suspect set "
+                               f"{shape_text(suspect.x)} ones; the reference must look like the suspect set's clean "
+                               "part")
     if _same_source(train.source, suspect.source):
         if unscored is not None:
             raise UnlearnableError(f"--reference {spec} is the suspect data itself; give trusted images from elsewhere")

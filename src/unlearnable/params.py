@@ -121,7 +121,7 @@ def typed_kwargs(fn: Any, kind: str, options: dict[str, Any], passed: tuple[str,
 def apply_preset(method: Any) -> None:
     """``EM(preset="fast")`` in Python as on the command line: every field the preset sets that still holds its
     class default takes the preset's value (a value passed explicitly wins, unless it equals the default).
-    Called by the method base classes' ``__post_init__``; :func:`build` merges presets itself."""
+    Called by the method base classes' ``__post_init__`` (:func:`prepare`); :func:`build` merges presets itself."""
     name = getattr(method, "preset", None)
     if name in (None, NO_PRESET):
         return
@@ -138,6 +138,14 @@ def preset_options(cls: type, name: str, kind: str) -> dict[str, Any]:
     if name not in presets:
         raise UnlearnableError(f"{kind} has no preset {name!r}; known: {', '.join([*presets, NO_PRESET])}")
     return presets[name]
+
+
+def prepare(method: Any) -> None:
+    """What every attack's and purifier's ``__post_init__`` does first: its fields type-checked (:func:`check_types`),
+    its preset applied (:func:`apply_preset`), its seed checked."""
+    check_types(method)
+    apply_preset(method)
+    check(method.seed >= 0, f"seed must not be negative, got {method.seed}")
 
 
 def check_types(obj: Any) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import progress
-from .data import ImageSet
+from .data.imageset import ImageSet, shape_text
 from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
@@ -70,8 +70,8 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
-        check(0 <= self.momentum < 1 and self.weight_decay >= 0, "momentum must lie in [0, 1) and weight_decay be >= 0, "
-              f"got {self.momentum}, {self.weight_decay}")
+        check(0 <= self.momentum < 1 and self.weight_decay >= 0,
+              f"momentum must lie in [0, 1) and weight_decay be >= 0, got {self.momentum}, {self.weight_decay}")
         check(0 <= self.label_smoothing < 1 and 0 <= self.warmup < 1, "label_smoothing and warmup must lie in "
               f"[0, 1), got {self.label_smoothing}, {self.warmup}")
         check(self.crop_pad is None or self.crop_pad >= 0, f"crop_pad must not be negative, got {self.crop_pad}")
@@ -324,8 +324,8 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
         raise UnlearnableError("the training set is empty")
     if testset is not None:
         if testset.x.shape[1:] != trainset.x.shape[1:]:
-            raise UnlearnableError(f"test images are {'x'.join(map(str, testset.x.shape[1:]))} but training images "
-                                   f"{'x'.join(map(str, trainset.x.shape[1:]))}")
+            raise UnlearnableError(f"test images are {shape_text(testset.x)} but training images "
+                                   f"{shape_text(trainset.x)}")
         if list(testset.classes) != list(trainset.classes):
             raise UnlearnableError(f"the test set's {testset.num_classes} classes are not the training set's "
                                    f"{trainset.num_classes}")

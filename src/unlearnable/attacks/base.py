@@ -18,7 +18,7 @@ import numpy as np
 from ..data import ImageSet, seeded_fraction
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
-from ..params import apply_preset, check, check_choice, check_types
+from ..params import check, check_choice, prepare
 from ..resume import Resumable
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,7 @@ class Attack(Resumable):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
-        check_types(self)
-        apply_preset(self)
-        check_types(self)  # a preset's values too
-        check(self.seed >= 0, f"seed must not be negative, got {self.seed}")
+        prepare(self)
         check_choice("norm", self.norm, self.norms)
         check(0 < self.ratio <= 1, f"ratio must lie in (0, 1], got {self.ratio}")
         if self.norm == "l0":

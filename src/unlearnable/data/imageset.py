@@ -11,6 +11,16 @@ import numpy as np
 from ..errors import UnlearnableError
 
 
+def whole_labels(y: np.ndarray) -> bool:
+    """Integer labels, or floats / booleans that are whole numbers (``[0., 1.]``, not ``[0.9, 1.5]``)."""
+    return y.dtype.kind in "iu" or (y.dtype.kind in "fb" and np.array_equal(y, np.round(y)))
+
+
+def shape_text(x: np.ndarray) -> str:
+    """``3x32x32`` (channels x height x width) for an N x C x H x W array: for messages."""
+    return "x".join(map(str, x.shape[1:]))
+
+
 @dataclass
 class ImageSet:
     """Images as one uint8 array ``N x C x H x W``, int64 labels, class names, and where they came from.
@@ -30,7 +40,7 @@ class ImageSet:
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x)
         y = np.asarray(self.y)
-        if y.dtype.kind not in "iu" and not (y.dtype.kind in "fb" and np.array_equal(y, np.round(y))):
+        if not whole_labels(y):
             raise UnlearnableError(f"labels must be whole class indices, got {y.dtype} values that are not")
         self.y = y.astype(np.int64, copy=False)
         if self.x.dtype != np.uint8 or self.x.ndim != 4:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UnlearnableError
 from ..registry import Registry
-from .imageset import ImageSet, to_uint8
+from .imageset import ImageSet, shape_text, to_uint8, whole_labels
 from .store import write_atomic
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+#: The sources whose spec names a path: ``folder:PATH``, ``npz:PATH``.
+PATH_SOURCES = ("folder", "npz")
+
+
+def spec_path(spec: str) -> Path | None:
+    """The folder or file a ``folder:PATH`` / ``npz:PATH`` spec names; None for a named dataset."""
+    name, _, arg = spec.partition(":")
+    return Path(arg).expanduser() if name in PATH_SOURCES and arg else None
+
+
 def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
     """``(train, test)`` for a dataset spec such as ``fashion-mnist`` or ``folder:/data/pets``."""
     name, _, arg = spec.partition(":")
     loader = DATASETS.get(name)
-    takes_path = name in ("folder", "npz")
+    takes_path = name in PATH_SOURCES
     if takes_path and not arg:
         raise UnlearnableError(f"dataset spec {spec!r} needs a path: {name}:PATH")
     if arg and not takes_path:
@@ -218,10 +228,11 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+def _read_image_tree(root: Path, classes: list[str], files: list[tuple[Path, int]]
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Decode the ``files`` (with class indices) that :func:`_tree_files` found under ``root``."""
     from .. import progress
 
-    classes, files = _tree_files(root)
     if not files:
         raise UnlearnableError(f"no images found under {root} (expected {root}/<class>/<image>)")
     arrays: list[np.ndarray] = []
@@ -235,11 +246,6 @@ def _read_image_tree(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], lis
     y = np.array([c for _, c in files], dtype=np.int64)
     names = [str(f.relative_to(root)) for f, _ in files]
     return np.stack(arrays), y, classes, names
-
-
-def _shape(x: np.ndarray) -> str:
-    """``3x32x32`` (channels x height x width) for an N x C x H x W array."""
-    return "x".join(map(str, x.shape[1:]))
 
 
 def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
@@ -268,8 +274,9 @@ _DECODER = 2  # 2: 16-bit grey scaled, a colour image makes the folder colour (2
 
 def _cached_tree(root: Path):
     """Decoding thousands of JPEGs takes seconds: keep the decoded arrays in the cache, keyed by the files' stats."""
+    classes, files = _tree_files(root)
     stats = []
-    for p, c in _tree_files(root)[1]:
+    for p, c in files:
         try:
             st = p.stat()
         except OSError as e:
@@ -283,7 +290,7 @@ def _cached_tree(root: Path):
                 return z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
         except Exception as e:  # a damaged cache file: decode the folder again
             log.warning("ignoring the unreadable cache %s (%s)", path, e)
-    x, y, classes, names = _read_image_tree(root)
+    x, y, classes, names = _read_image_tree(root, classes, files)
     try:
         write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names)))
     except OSError:
@@ -304,8 +311,8 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
         if xte.shape[1] != xtr.shape[1]:  # a colour split makes the other colour too
             xtr, xte = (np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x for x in (xtr, xte))
         if xte.shape[1:] != xtr.shape[1:]:
-            raise UnlearnableError(f"{root}/train images are {_shape(xtr)} but {root}/test images are "
-                                   f"{_shape(xte)}; give both splits one size and one colour mode")
+            raise UnlearnableError(f"{root}/train images are {shape_text(xtr)} but {root}/test images are "
+                                   f"{shape_text(xte)}; give both splits one size and one colour mode")
         parts = ImageSet(xtr, ytr, classes, split="train"), ImageSet(xte, yte, classes, split="test")
         parts[0].provenance["file_names"], parts[1].provenance["file_names"] = names, names_te
     else:
@@ -346,7 +353,7 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
             xte = _images_from_array(z["x_test"], p, "x_test")
             yte = _labels(z["y_test"], len(xte), p, "y_test")
             if xte.shape[1:] != x.shape[1:]:
-                raise UnlearnableError(f"{p}: x images are {_shape(x)} but x_test images are {_shape(xte)}")
+                raise UnlearnableError(f"{p}: x images are {shape_text(x)} but x_test images are {shape_text(xte)}")
             if len(yte) and yte.max() >= len(classes):
                 raise UnlearnableError(f"{p}: y_test has label {yte.max()}, beyond the {len(classes)} classes")
             return ImageSet(x, y, classes, split="train"), ImageSet(xte, yte, classes, split="test")
@@ -362,7 +369,7 @@ def _labels(y: np.ndarray, n: int, path: Path, name: str) -> np.ndarray:
         raise UnlearnableError(f"{path}: {name} must hold one label per image, got shape {y.shape}")
     if len(y) != n:
         raise UnlearnableError(f"{path}: {name.replace('y', 'x')} has {n} images but {name} has {len(y)} labels")
-    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+    if not whole_labels(y):
         raise UnlearnableError(f"{path}: {name} must hold integer class labels, got {y.dtype}")
     if len(y) and y.min() < 0:
         raise UnlearnableError(f"{path}: {name} has the negative label {y.min()}")

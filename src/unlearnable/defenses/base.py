@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import ImageSet
-from ..params import apply_preset, check, check_types
+from ..params import prepare
 from ..resume import Resumable
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,7 @@ class Purifier(Resumable):
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __post_init__(self) -> None:
-        check_types(self)
-        apply_preset(self)
-        check_types(self)  # a preset's values too
-        check(self.seed >= 0, f"seed must not be negative, got {self.seed}")
+        prepare(self)
         self.validate()
 
     def validate(self) -> None:

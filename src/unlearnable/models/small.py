@@ -71,5 +71,6 @@ def lenet(in_channels: int, num_classes: int, image_size: int, image_width: int 
     return nn.Sequential(
         nn.Conv2d(in_channels, 20, 5), nn.BatchNorm2d(20), nn.ReLU(), nn.AvgPool2d(2),
         nn.Conv2d(20, 50, 5), nn.BatchNorm2d(50), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-        nn.Linear(50 * side(image_size) * side(image_width or image_size), 500), nn.BatchNorm1d(500), nn.ReLU(), nn.Linear(500, num_classes),
+        nn.Linear(50 * side(image_size) * side(image_width or image_size), 500), nn.BatchNorm1d(500), nn.ReLU(),
+        nn.Linear(500, num_classes),
         nn.BatchNorm1d(num_classes))

@@ -222,7 +222,10 @@ def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path
     assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
     if command == "detect":  # the scores of a run never interrupted: the same Otsu split and flags
         expected = detect(data, "dvae", **opts)
-        assert json.loads(p.stdout)["threshold"] == expected.threshold
+        summary = json.loads(p.stdout)
+        assert summary["threshold"] == expected.threshold
+        params = summary["params"]  # typed, and the D-VAE's whole configuration, preset included
+        assert params["width"] == 4 and params["preset"] == "fast" and params["skip"] == "s2" and params["score"]
     else:
         p_hat = DVAE(**opts, skip="s2").fit(data).estimate_perturbation(data.x, data.y)
         assert f"p_hat RMS {np.sqrt(np.mean(p_hat.astype(np.float64) ** 2)) * 255:.1f} levels" in p.stdout

@@ -225,7 +225,8 @@ def test_contrast_detector_needs_matching_reference(small_train, small_test):
                network="false")
     np.testing.assert_array_equal(c.scores, contrast_detect(data, small_test, seed=1, network=False).scores)
     assert set(a.parts) == {"linear", "network"} and c.parts == {}
-    assert detect(data, "simple", epochs="1").params == {"epochs": "1"}
+    assert detect(data, "simple", epochs="1").params == {"epochs": 1}  # typed, as --json and the manifest show
+    assert contrast_detect(few, small_test, seed=1, network_epochs=1.0).params["network_epochs"] == 1
 
 
 # ------------------------------------------------------------------------------------------ effects on real data

@@ -128,6 +128,22 @@ def test_python_values_are_type_checked_and_numpy_scalars_converted():
         TrainConfig(epochs=1.5)
 
 
+def test_entry_points_refuse_what_is_not_an_image_set(tiny):
+    """An array, or load()'s (train, test) pair, gave an AttributeError from deep inside each method."""
+    from unlearnable.data import save_set
+    from unlearnable.detect import contrast_detect, detect
+
+    calls = [lambda: create_attack("random-noise").poison(tiny.x), lambda: create_defense("jpeg").transform(tiny.x),
+             lambda: create_defense("dvae").fit(tiny.x), lambda: train((tiny, tiny)), lambda: train(tiny, tiny.x),
+             lambda: detect(tiny.x, method="simple"), lambda: contrast_detect(tiny, tiny.x),
+             lambda: save_set(tiny.x, "unused")]
+    for call in calls:
+        with pytest.raises(UnlearnableError, match="must be an ImageSet, got (ndarray|tuple)"):
+            call()
+    with pytest.raises(UnlearnableError, match="cfg must be a TrainConfig"):
+        train(tiny, tiny, cfg={"epochs": 1})
+
+
 def test_em_fast_preset_keeps_the_official_single_class_wise_step():
     """The ``fast`` preset once set 10 PGD steps in both modes: ten times the cost of a class-wise sweep."""
     fast = {mode: create_attack("em", preset="fast", mode=mode).pgd_steps for mode in ("class", "sample")}

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSet
+from .data import ImageSet, require_set
 from .errors import UnlearnableError
 from .params import typed_kwargs
 
@@ -179,6 +179,8 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
     """
     from .training import evaluate
 
+    require_set(data, "the set to check")
+    require_set(test, "the test set")
     if not 0 < holdout < 1:
         raise UnlearnableError(f"holdout must lie in (0, 1), got {holdout}")
     n_val = int(round(len(data) * holdout))
@@ -244,6 +246,8 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
     images with ``data`` and needs ``folds`` images of every class. Scores are on the scale above (1: a part's own
     threshold; higher = less like the reference; without the network, the linear decision values).
     """
+    require_set(data, "the set to score")
+    require_set(reference, "the reference")
     if not 0 < false_alarm < 1:
         raise UnlearnableError(f"false_alarm must lie in (0, 1), got {false_alarm}")
     if int(folds) != folds or folds < 2:
@@ -252,6 +256,7 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
         raise UnlearnableError(f"c (the inverse regularisation strength) must be positive, got {c}")
     if int(network_epochs) != network_epochs or network_epochs < 1:
         raise UnlearnableError(f"network_epochs must be an integer >= 1, got {network_epochs}")
+    folds, network_epochs = int(folds), int(network_epochs)  # 2.0 is 2 (the trainer takes whole epochs only)
     if reference.x.shape[1:] != data.x.shape[1:]:
         raise UnlearnableError(f"the reference images are {reference.x.shape[1:]}, the suspect ones "
                                f"{data.x.shape[1:]}: they must have the same shape")
@@ -428,6 +433,7 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     resumes from ``checkpoint``, see :func:`dvae_scores`), ``"simple"`` (``options`` go to :func:`simple_scores`,
     which trains for seconds and keeps no state) or ``"contrast"`` (``options`` go to :func:`contrast_detect` and
     must include ``reference``, trusted clean images; its threshold is calibrated on them, not Otsu's)."""
+    require_set(data, "the set to score")
     if method not in DETECTORS:
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:
@@ -439,10 +445,19 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
                                                       passed=("reference",)))  # threshold calibrated on the reference
         if threshold is not None:  # the caller's own; the set-level answer (verdict) holds for the calibrated one only
             result = replace(flag(result.scores, threshold), method=method, params=result.params, parts=result.parts)
+    elif method == "dvae":
+        from .defenses.dvae import fit_stage1
+
+        options = dict(options)
+        score = options.pop("score", "residual")
+        if score not in DVAE_SCORES:  # before the fit, not after it
+            raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
+        dvae = fit_stage1(data, checkpoint, **options)
+        scores = dvae_scores(data, dvae, score, checkpoint=checkpoint, keep_state=keep_state)
+        result = replace(flag(scores, threshold), method=method, params={"score": score, **dvae.params()})
     else:
-        scores = (dvae_scores(data, checkpoint=checkpoint, keep_state=keep_state, **options) if method == "dvae"
-                  else simple_scores(data, **typed_kwargs(simple_scores, "the simple detector", options)))
-        result = replace(flag(scores, threshold), method=method, params=dict(options))
+        typed = typed_kwargs(simple_scores, "the simple detector", options)
+        result = replace(flag(simple_scores(data, **typed), threshold), method=method, params=typed)
     log.info("%s detector: flagged %d of %d samples (threshold %.4g)", method, len(result.flagged), len(data),
              result.threshold)
     return result

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import progress
-from .data.imageset import ImageSet, shape_text
+from .data.imageset import ImageSet, require_set, shape_text
 from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
@@ -319,6 +319,11 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     state are written there; a run with the same recipe that finds the file continues after the last finished
     epoch, with the result of a run never interrupted, and the file is removed when training ends.
     """
+    require_set(trainset, "the training set")
+    if testset is not None:
+        require_set(testset, "the test set")
+    if cfg is not None and not isinstance(cfg, TrainConfig):
+        raise UnlearnableError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     cfg = cfg or TrainConfig()
     if len(trainset) == 0:
         raise UnlearnableError("the training set is empty")

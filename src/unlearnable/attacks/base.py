@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import ImageSet, seeded_fraction
+from ..data import ImageSet, require_set, seeded_fraction
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
 from ..params import check, check_choice, prepare
@@ -68,6 +68,7 @@ class Attack(Resumable):
 
     def poison(self, data: ImageSet) -> ImageSet:
         """Poison the clean training set ``data``; the result records how in its ``provenance``."""
+        require_set(data, "the set to poison")
         if len(data) == 0:
             raise UnlearnableError("cannot poison an empty set")
         index = self.select(len(data))

@@ -92,7 +92,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import progress
-from ..data import ImageSet
+from ..data import ImageSet, require_set
 from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check, check_choice
@@ -282,6 +282,7 @@ class _ChannelSumConv(nn.Module):
 
 def protect_set(generator: PerturbationGenerator, data: ImageSet, batch_size: int = 256) -> ImageSet:
     """:func:`protect` for a whole :class:`ImageSet`; labels are kept and the provenance records the generator."""
+    require_set(data, "the set to protect")
     t0 = time.perf_counter()
     x = protect(generator, data.x, batch_size)
     provenance = {**data.provenance, "method": "deepconfuse", "params": {"generator": dict(generator.config)},
@@ -394,6 +395,7 @@ class DeepConfuse(Attack):
         the result of an uninterrupted run (``time_limit`` counts the seconds of both runs)."""
         from ..training import TrainConfig, Trainer, default_flip, resolve_device, seed_everything
 
+        require_set(data, "the set to fit on")
         check(len(data) > self.holdout + 1, f"{len(data)} samples leave nothing to train on after a holdout of "
               f"{self.holdout}")
         self.bind_state(data)

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UnlearnableError
-from .imageset import ImageSet, to_uint8
+from .imageset import ImageSet, require_set, to_uint8
 from .sources import DATASETS, cache_dir, load_dataset
 from .store import export_png, is_saved_set, load_set, read_manifest, save_set
 
 __all__ = ["ImageSet", "DATASETS", "load_dataset", "load", "load_set", "save_set", "export_png",
            "is_saved_set", "read_manifest", "cache_dir", "to_uint8", "clean_counterpart", "partial",
-           "seeded_fraction"]
+           "seeded_fraction", "require_set"]
 
 
 def load(spec: str) -> tuple[ImageSet, ImageSet]:

@@ -21,6 +21,15 @@ def shape_text(x: np.ndarray) -> str:
     return "x".join(map(str, x.shape[1:]))
 
 
+def require_set(obj: Any, what: str = "data") -> None:
+    """A one-line error when the API is handed something other than an :class:`ImageSet` (an array, a tuple from
+    ``load``...), instead of an AttributeError deep inside a method."""
+    if not isinstance(obj, ImageSet):
+        hint = " (load() returns a (train, test) pair)" if isinstance(obj, tuple) else ""
+        raise UnlearnableError(f"{what} must be an ImageSet, got {type(obj).__name__}{hint}; make one with "
+                               "unlearnable.data.load(spec) or ImageSet(x, y, classes)")
+
+
 @dataclass
 class ImageSet:
     """Images as one uint8 array ``N x C x H x W``, int64 labels, class names, and where they came from.

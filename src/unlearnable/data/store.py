@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UnlearnableError
-from .imageset import ImageSet
+from .imageset import ImageSet, require_set
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -168,6 +168,9 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
     names a budget (``{"norm": ..., "eps": ...}``) and is not a purified set's, every sample is checked against it
     first (without ``clean`` nothing is checked).
     """
+    require_set(data, "the set to save")
+    if clean is not None:
+        require_set(clean, "clean")
     out = check_out_dir(out, overwrite)
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..data import ImageSet
+from ..data import ImageSet, require_set
 from ..params import prepare
 from ..resume import Resumable
 
@@ -41,6 +41,7 @@ class Purifier(Resumable):
 
     def fit(self, data: ImageSet) -> "Purifier":
         """Learn from the (possibly poisoned) training set; a no-op for fixed transforms."""
+        require_set(data, "the set to fit on")
         return self
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -50,6 +51,7 @@ class Purifier(Resumable):
     def transform(self, data: ImageSet, only: np.ndarray | None = None, **note: Any) -> ImageSet:
         """The purified set; ``only`` (indices): purify those samples and keep the others' pixels. ``note`` goes
         into the ``purified_by`` provenance record."""
+        require_set(data, "the set to purify")
         t0 = time.perf_counter()
         if only is None:
             x = self.purify(np.asarray(data.x), data.y)

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import progress
-from ..data import ImageSet
+from ..data import ImageSet, require_set
 from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check
@@ -316,6 +316,7 @@ class RateConstrainedVAE(Purifier):
 
     def _start(self, data: ImageSet) -> None:
         """Begin a fit: the state of an interrupted run on the same data with the same parameters, if any."""
+        require_set(data, "the set to fit on")
         self._check_data(data)
         self._remember(data)
         self.bind_state(data)

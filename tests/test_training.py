@@ -37,7 +37,9 @@ def test_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, avx512_bf
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert fast_bf16(torch.device("cpu")) is expected
-    assert fast_bf16(torch.device("cuda")) is True
+    for major, fast in ((7, False), (8, True), (9, True)):  # V100 / T4 emulate bf16; Ampere and later have it
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, m=major: (m, 0))
+        assert fast_bf16(torch.device("cuda")) is fast
 
 
 def test_random_crop_shifts_content():
@@ -96,3 +98,53 @@ def test_a_test_set_unlike_the_training_set_is_a_clear_error(small_train, small_
         train(data, small_test.replace(classes=small_test.classes[:-1] + ["other"]))
     with pytest.raises(UnlearnableError, match="at least 2 classes"):
         create_attack("label-flip").poison(data.replace(y=np.zeros(len(data), np.int64), classes=["one"]))
+
+
+def test_devices_other_than_cpu_and_cuda_are_a_clear_error():
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.training import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    bad = ["mps", "xpu", "meta", "gpu"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"])
+    for device in bad:
+        with pytest.raises(UnlearnableError, match="device"):
+            resolve_device(device)
+
+
+def test_a_last_batch_of_one_is_merged_and_batches_of_one_refused_for_batch_norm(small_train):
+    """lenet's BatchNorm1d raised a ValueError traceback on a last batch of one image (257 images, batch 256)."""
+    from unlearnable.errors import UnlearnableError
+
+    r = train(small_train.take(257), None, "lenet", TrainConfig(epochs=1, device="cpu"))
+    assert r.history[0]["epoch"] == 1
+    with pytest.raises(UnlearnableError, match="batches of one image cannot train lenet"):
+        train(small_train.take(20), None, "lenet", TrainConfig(epochs=1, batch_size=1))
+
+
+def test_interrupted_training_resumes_as_if_never_stopped_and_only_on_its_own_data(small_train, tmp_path):
+    """The state holds the global random state (dropout draws from it) and is tied to the data and the network."""
+    from torch import nn
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
+
+    data, cfg, state = small_train.take(300), TrainConfig(epochs=3, batch_size=64, seed=1, device="cpu"), tmp_path / "s.pt"
+    expected = train(data, None, net(), cfg)
+
+    def stop(epoch, model):
+        if epoch == 2:  # after epoch 1's state was written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, None, net(), cfg, on_epoch=stop, state_path=state)
+    assert state.is_file()
+    resumed = train(data, None, net(), cfg, state_path=state)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in expected.history]
+    for a, b in zip(resumed.model.parameters(), expected.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not state.exists()
+    with pytest.raises(KeyboardInterrupt):
+        train(data, None, net(), cfg, on_epoch=stop, state_path=state)
+    other = train(small_train.take(300, seed=5), None, net(), cfg, state_path=state)  # not this state's data
+    assert len(other.history) == 3 and other.history[0]["train_loss"] != expected.history[0]["train_loss"]

@@ -32,6 +32,7 @@ from .data.imageset import ImageSet, require_set, shape_text
 from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
+from .resume import rng_state, set_rng_state
 from .models.classical import PixelClassifier
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,13 @@ class TrainConfig:
         check(self.crop_pad is None or self.crop_pad >= 0, f"crop_pad must not be negative, got {self.crop_pad}")
         check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}")
         check(math.isfinite(self.lr), f"lr must be finite, got {self.lr}")
+        check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass
@@ -110,14 +115,21 @@ class TrainResult:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when torch sees it, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``: the devices the package
+    is written and tested for; anything else is a one-line error rather than a failure deep inside a method."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise UnlearnableError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnlearnableError("device 'cuda' asked for but CUDA is not available")
+    except (RuntimeError, TypeError):
+        raise UnlearnableError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UnlearnableError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnlearnableError(f"device {device!r} asked for but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UnlearnableError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -165,8 +177,11 @@ def keep_freed_heap() -> bool:
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast speeds this device up (CUDA, or a CPU with native bf16 instructions)."""
-    if device.type == "cuda":
-        return True
+    if device.type == "cuda":  # bf16 units from Ampere (compute capability 8) on; older GPUs emulate it
+        try:
+            return torch.cuda.get_device_capability(device)[0] >= 8
+        except (RuntimeError, AssertionError, ValueError):
+            return True
     # oneDNN reports bf16 "supported" on any AVX-512 CPU, but without AVX512-BF16 or AMX it emulates it: measured
     # on such a Xeon (2026-11-23), a `cnn` training step ran at 946 images/s in bf16 against 1,830 in float32.
     try:
@@ -259,7 +274,7 @@ def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
         return lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
     if cfg.schedule == "constant":
         return lambda step: 1.0
-    raise UnlearnableError(f"unknown schedule {cfg.schedule!r}; known: onecycle, cosine, constant")
+    raise UnlearnableError(f"unknown schedule {cfg.schedule!r}; known: {', '.join(SCHEDULES)}")
 
 
 @torch.no_grad()
@@ -289,13 +304,15 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, amp: bool
     return logits.argmax(1) if len(logits) else torch.empty(0, dtype=torch.long)
 
 
-def evaluate(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_size: int = 1024) -> float:
-    """Accuracy (0..1) of ``model`` on an ImageSet or on ``(images, labels)`` tensors."""
+def evaluate(model: nn.Module, data: ImageSet | tuple[torch.Tensor, torch.Tensor], batch_size: int = 1024,
+             amp: bool | None = None) -> float:
+    """Accuracy (0..1) of ``model`` on an ImageSet or on ``(images, labels)`` tensors (``amp``: as in
+    :func:`predict_logits`)."""
     if isinstance(data, ImageSet):
         x, y = torch.from_numpy(np.array(data.x)), torch.from_numpy(data.y)
     else:
         x, y = data
-    pred = predict(model, x, batch_size)
+    pred = predict(model, x, batch_size, amp)
     return float((pred.cpu() == y.cpu()).float().mean()) if len(y) else float("nan")
 
 
@@ -339,31 +356,44 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
                                    "a class; or give it train/ and test/)")
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    model_name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         if model in CLASSICAL:
             model_kwargs.setdefault("seed", cfg.seed)
         model = create_model(model, trainset.channels, trainset.num_classes, trainset.image_size, **model_kwargs)
     if isinstance(model, PixelClassifier):
         return _fit_classical(model, trainset, testset, description)
+    if (min(cfg.batch_size, len(trainset)) == 1
+            and any(isinstance(m, nn.BatchNorm1d) for m in model.modules())):
+        raise UnlearnableError(f"batches of one image cannot train {model_name} (its batch normalisation "
+                               "of features needs two or more): raise the batch size or give it more images")
     x = torch.from_numpy(np.array(trainset.x)).to(device)  # a copy: saved sets are read-only memory maps
     y = torch.from_numpy(trainset.y).to(device)
-    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    starts = list(range(0, len(y), cfg.batch_size))
+    if len(starts) > 1 and len(y) - starts[-1] == 1:  # a last batch of one breaks batch norm: the one before takes it
+        starts.pop()
+    ends = starts[1:] + [len(y)]
+    steps_per_epoch = len(starts)
     trainer = Trainer(model, cfg, cfg.epochs * steps_per_epoch, trainset.image_size[0],
                       flip=default_flip(trainset.source), device=device, gen=gen)
     test = None
     if testset is not None:
         test = (torch.from_numpy(np.array(testset.x)).to(device), torch.from_numpy(testset.y).to(device))
     result, first = TrainResult(model), 0
-    if state_path is not None and Path(state_path).is_file():
-        first = _resume(Path(state_path), cfg, trainer, result)
+    key = None
+    if state_path is not None:  # what a saved state must match: the recipe, the data and the network's shapes
+        shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+        key = {"cfg": dataclasses.asdict(cfg), "data": trainset.fingerprint(), "model": [model_name, shapes]}
+        if Path(state_path).is_file():
+            first = _resume(Path(state_path), key, trainer, result)
     with progress.task(description, total=cfg.epochs * steps_per_epoch) as advance:
         advance(first * steps_per_epoch)
         for epoch in range(first, cfg.epochs):
             t0 = time.perf_counter()
             loss_sum, correct = 0.0, 0
             perm = torch.randperm(len(y), generator=gen).to(device)
-            for i in range(steps_per_epoch):
-                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            for start, end in zip(starts, ends):
+                idx = perm[start:end]
                 l, c = trainer.step(x[idx].float().div_(255), y[idx])
                 loss_sum, correct = loss_sum + l, correct + c
                 advance(1)
@@ -371,32 +401,34 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             row = {"epoch": epoch + 1, "train_loss": loss_sum / len(y), "train_acc": correct / len(y),
                    "seconds": round(result.seconds, 3)}
             if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                row["test_acc"] = evaluate(model, test)
+                row["test_acc"] = evaluate(model, test, amp=trainer.amp)  # tested as trained
                 advance(0, status=f"test {row['test_acc']:.1%}")
             result.history.append(row)
             log.info("epoch %d: %s", epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
             if state_path is not None and epoch + 1 < cfg.epochs:  # after the last epoch it would be removed
-                torch_save_atomic({"cfg": dataclasses.asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                torch_save_atomic({"key": key, "epoch": epoch + 1, "model": model.state_dict(),
                                    "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict(),
-                                   "gen": gen.get_state(), "history": result.history, "seconds": result.seconds},
+                                   "rng": rng_state(gen), "history": result.history, "seconds": result.seconds},
                                   state_path)
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)
     return result
 
 
-def _resume(path: Path, cfg: TrainConfig, trainer: Trainer, result: TrainResult) -> int:
-    """Load an interrupted run's state into ``trainer`` and ``result``; the number of finished epochs (0: none)."""
+def _resume(path: Path, key: dict[str, Any], trainer: Trainer, result: TrainResult) -> int:
+    """Load an interrupted run's state into ``trainer`` and ``result``; the number of finished epochs (0: none).
+    The random state includes the global generators (dropout draws from them), so the run continues as if never
+    stopped."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("cfg") != dataclasses.asdict(cfg):
-        log.warning("ignoring %s (saved by a run with another recipe)", path)
+    if state.get("key") != key:
+        log.warning("ignoring %s (saved by a run with another recipe, data or network)", path)
         return 0
     trainer.model.load_state_dict(state["model"])
     trainer.opt.load_state_dict(state["opt"])
     trainer.sched.load_state_dict(state["sched"])
-    trainer.gen.set_state(state["gen"])
+    set_rng_state(state["rng"], trainer.gen)
     result.history, result.seconds = state["history"], state["seconds"]
     log.info("training: resuming after epoch %d from %s", state["epoch"], path)
     return state["epoch"]

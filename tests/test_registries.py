@@ -115,6 +115,14 @@ def test_small_models_take_images_that_are_not_square(name):
     assert create_model(name, 3, 5, (20, 36)).eval()(torch.rand(2, 3, 20, 36)).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name, side", [("cnn", 7), ("convnet", 7), ("vgg11", 12), ("lenet", 12)])
+def test_models_refuse_images_their_pooling_cannot_take(name, side):
+    """Tiny folder images crashed inside torch ("Output size is too small") at the first training step."""
+    with pytest.raises(UnlearnableError, match=f"{side} x {side}"):
+        create_model(name, 1, 10, side)
+    assert create_model(name, 1, 10, 28).training  # the size check leaves a fresh model in training mode
+
+
 def test_python_values_are_type_checked_and_numpy_scalars_converted():
     """A numpy seed from ``np.arange`` passed creation and crafting, then broke the manifest's JSON at the save."""
     rn = create_attack("random-noise", seed=np.int64(1), eps=np.float32(0.03))

@@ -42,4 +42,28 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
     h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if w != h and "image_width" in inspect.signature(MODELS.get(name)).parameters:
         kwargs["image_width"] = w
-    return MODELS.create(name, in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)
+    model = MODELS.create(name, in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)
+    if min(h, w) < SAFE_SIDE and name not in CLASSICAL:
+        _check_input_size(model, name, in_channels, h, w)
+    return model
+
+
+SAFE_SIDE = 32  # every registered network takes images this large; smaller ones are tried once at creation
+
+
+def _check_input_size(model, name: str, channels: int, h: int, w: int) -> None:
+    """One forward pass of two blank images (eval mode, no gradients, no random draws): a network whose pooling
+    shrinks small images to nothing says so in one line here, not in a traceback from inside training."""
+    import torch
+
+    from ..errors import UnlearnableError
+
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, h, w))
+    except RuntimeError as e:
+        raise UnlearnableError(f"model {name!r} cannot take {h} x {w} images (its pooling leaves nothing of them); "
+                               "use larger images or another model (linear takes any size)") from e
+    finally:
+        model.train(was_training)

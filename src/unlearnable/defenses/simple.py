@@ -13,6 +13,8 @@ from .base import Purifier
 
 log = logging.getLogger(__name__)
 
+CHUNK = 4096  # images converted at a time
+
 
 @dataclass
 class Grayscale(Purifier):
@@ -28,8 +30,11 @@ class Grayscale(Purifier):
         if x.shape[1] == 1:
             log.warning("grayscale: the images are already single-channel; nothing to do")
             return x.copy()
-        g = rgb_to_grayscale(torch.from_numpy(x).float().div(255))
-        return np.clip(np.rint(g.repeat(1, 3, 1, 1).numpy() * 255), 0, 255).astype(np.uint8)
+        out = np.empty_like(x)
+        for i in range(0, len(x), CHUNK):  # float copies of a chunk at a time, not of the whole set
+            g = rgb_to_grayscale(torch.from_numpy(np.asarray(x[i:i + CHUNK])).float().div(255))
+            out[i:i + CHUNK] = g.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()  # broadcast to 3 channels
+        return out
 
 
 @dataclass
@@ -47,4 +52,5 @@ class BitDepthReduction(Purifier):
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         levels = 2 ** self.bits - 1
-        return np.rint(np.rint(x / 255.0 * levels) / levels * 255).astype(np.uint8)
+        table = np.rint(np.rint(np.arange(256) / 255.0 * levels) / levels * 255).astype(np.uint8)
+        return table[x]  # one lookup per pixel: no float copies of the set

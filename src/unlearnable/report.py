@@ -73,32 +73,26 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+def _figure(rows: int = 1, cols: int = 1, **kwargs):
+    """A matplotlib figure and its axes, outside pyplot: nothing needs a display, and the caller's pyplot backend
+    (a notebook's inline one) is left as it was. ``kwargs`` go to ``Figure``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def _save_png(fig, path: str | Path) -> Path:
-    """Lay out and write ``fig`` as a PNG via a temporary file and a rename, then free it."""
+    """Lay out and write ``fig`` as a PNG via a temporary file and a rename."""
     fig.tight_layout()
-    try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        _pyplot().close(fig)
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes: Sequence[str] | None = None,
                labels: np.ndarray | None = None) -> Path:
     """Save a PNG grid: one row per ``(title, uint8 N x C x H x W images)``, the same N columns in each row."""
-    plt = _pyplot()
-
     n = len(rows[0][1])
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    fig, axes = _figure(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)))
     for r, (title, imgs) in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
@@ -118,10 +112,9 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
     """Save a PNG line plot: one line per ``{label: (xs, ys)}`` (points marked if ``markers``), dashed horizontal
     references ``hlines`` (``{label: y}``, e.g. the clean victim); ``percent`` shows fractions in [0, 1] as
     percentages; ``xscale`` is matplotlib's (``"log"``, ``"symlog"``)."""
-    plt = _pyplot()
     from matplotlib.ticker import PercentFormatter
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ((ax,),) = _figure(figsize=(6.4, 3.8))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o" if markers else None, label=label)
     for label, y in (hlines or {}).items():
@@ -208,11 +201,9 @@ def detection_csv(data: ImageSet, detection: Detection, path: str | Path) -> Pat
 def score_histogram(detection: Detection, path: str | Path, changed: Sequence[int] | np.ndarray | None = None) -> Path:
     """A PNG histogram of the detection scores with the threshold as a line; when ``changed`` (the truly
     poisoned indices) is known, poisoned and clean samples are drawn in two colours."""
-    plt = _pyplot()
-
     s = np.asarray(detection.scores, dtype=np.float64)
     bins = np.histogram_bin_edges(s[np.isfinite(s)], bins=60)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ((ax,),) = _figure(figsize=(6.4, 3.6))
     if changed is None:
         ax.hist(s, bins=bins, color="tab:gray", label="all samples")
     else:

@@ -191,7 +191,7 @@ def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):
     run("poison", "--attack", "random-noise", "--subset", "300", "--out", str(out), check_rc=0)
     tiny = ["--set", "device=cpu", "--set", "epochs=1", "--set", "width=4"]  # smaller still than fast's width 16
     p = run("purify", "--defense", "vae", "--data", str(out), "--out", str(tmp_path / "a"), *tiny, check_rc=0)
-    assert "vae: preset fast, its CPU budget (--set preset=none runs the paper's settings)" in p.stderr, p.stderr
+    assert "vae: preset fast, its CPU budget (--set preset=none: the paper's settings)" in p.stderr, p.stderr
     params = json.loads((tmp_path / "a" / "manifest.json").read_text())["purified_by"]["params"]
     assert (params["preset"], params["batch_size"], params["width"]) == ("fast", 256, 4), params
     p = run("purify", "--defense", "vae", "--data", str(out), "--out", str(tmp_path / "b"), *tiny,

@@ -129,7 +129,8 @@ def test_interrupted_training_resumes_as_if_never_stopped_and_only_on_its_own_da
         torch.manual_seed(0)
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 10))
 
-    data, cfg, state = small_train.take(300), TrainConfig(epochs=3, batch_size=64, seed=1, device="cpu"), tmp_path / "s.pt"
+    data, state = small_train.take(300), tmp_path / "s.pt"
+    cfg = TrainConfig(epochs=3, batch_size=64, seed=1, device="cpu")
     expected = train(data, None, net(), cfg)
 
     def stop(epoch, model):

@@ -46,9 +46,14 @@ def list_(kind: str = typer.Argument(..., help="attacks, defenses, models or dat
     Console().print(table)
 
 
+#: What a method runs without the CPU preset: its defaults are its paper's, except the surrogate attacks' network
+PRESET_HELP = ("preset=none: the method's defaults, the paper's settings except that em, rem, tap and sep craft "
+               "against the small cnn; preset=paper: theirs")
+
+
 def _cpu_preset(options: dict, cls: type, name: str) -> None:
-    """On a CPU a method with a ``fast`` preset runs it unless ``--set preset=...`` names one (``none``: the paper's
-    settings): defaults that finish on a laptop. At their papers' settings DeepConfuse (500 trials of ~150-230 s
+    """On a CPU a method with a ``fast`` preset runs it unless ``--set preset=...`` names one (:data:`PRESET_HELP`):
+    defaults that finish on a laptop. At their papers' settings DeepConfuse (500 trials of ~150-230 s
     here for the official code, issue 4) and the D-VAE (2 x 60 epochs at full width) would run for about a day and
     many hours on two cores; each preset is documented with its method."""
     if "preset" in options or "fast" not in getattr(cls, "presets", {}):
@@ -57,7 +62,9 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
 
     if resolve_device(str(options.get("device", "auto"))).type == "cpu":
         options["preset"] = "fast"
-        _say(f"{name}: preset fast, its CPU budget (--set preset=none runs the paper's settings)")
+        other = ("--set preset=none: its defaults, with the small cnn surrogate; preset=paper: the paper's settings"
+                 if "paper" in cls.presets else "--set preset=none: the paper's settings")
+        _say(f"{name}: preset fast, its CPU budget ({other})")
 
 
 def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
@@ -88,7 +95,7 @@ def poison(
     ratio: float = typer.Option(1.0, help="fraction of training samples to poison, in (0, 1]"),
     seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="attack parameter key=value (repeatable); on a "
-                                             "CPU preset=fast unless given (preset=none: the paper's settings)"),
+                                             f"CPU preset=fast unless given ({PRESET_HELP})"),
     subset: Optional[int] = typer.Option(None, min=1, help="use a seeded class-balanced subset of N training images"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
@@ -168,7 +175,7 @@ def purify(
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the purified set to"),
     seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="defense parameter key=value (repeatable); on a "
-                                             "CPU preset=fast unless given (preset=none: the paper's settings)"),
+                                             f"CPU preset=fast unless given ({PRESET_HELP})"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
     """Fit a purifier on a (possibly poisoned) training set and save the purified set."""
@@ -255,7 +262,7 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Export a saved set as an ImageFolder tree OUT/train/<class>/<index>.png (+ the clean OUT/test); a set made
+    """Export a saved set as an ImageFolder tree OUT/train/<class>/000123.png (+ the clean OUT/test); a set made
     from a folder keeps each file's own name (as .png)."""
     if format != "png":
         raise UnlearnableError(f"unknown format {format!r}; known: png")
@@ -348,7 +355,8 @@ def protect(
 
 @app.command()
 def detect(
-    data: str = typer.Option(..., "--data", "-d", help="a saved (possibly poisoned) set"),
+    data: str = typer.Option(..., "--data", "-d", help="the suspect set: a saved set directory or a dataset "
+                             "spec (folder:PATH...)"),
     method: str = typer.Option("dvae", help="dvae (D-VAE residual), simple (a tiny model's fitting speed) or "
                                "contrast (a linear and a small conv classifier against trusted clean images)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="detector option key=value (repeatable)"),

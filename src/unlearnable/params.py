@@ -26,8 +26,8 @@ def parse_eps(text: str | float, unit: str = "unit") -> float:
     if not value > 0 or value != value:
         raise UnlearnableError(f"eps must be positive, got {text}")
     if value > 1:
-        raise UnlearnableError(f"eps {text} is larger than 1 (the whole [0, 1] pixel range); "
-                               "for 8-bit levels use --eps-unit levels")
+        hint = "an 8-bit level is at most 255" if unit == "levels" else "for 8-bit levels use --eps-unit levels"
+        raise UnlearnableError(f"eps {text} is larger than the whole pixel range; {hint}")
     return value
 
 

@@ -15,7 +15,8 @@ class LabelFlip(Attack):
     """Replace the labels of the poisoned fraction by other, uniformly drawn classes; images stay untouched.
 
     Feng, Cai & Zhou, "Learning to Confuse" (NeurIPS 2019), Sec. 4 compares DeepConfuse at a given poisoning
-    ratio with flipping the same fraction of labels at random. ``eps`` and ``norm`` are ignored.
+    ratio with flipping the same fraction of labels at random. ``eps`` plays no part (it is still checked like
+any attack's, so the L-inf default stands).
 
     >>> flipped = LabelFlip(ratio=0.6, seed=0).poison(train)
     """

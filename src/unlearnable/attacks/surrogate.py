@@ -60,7 +60,8 @@ def frozen(model: nn.Module) -> nn.Module:
 
 
 #: Every epoch's weights are cached when the whole run's weights stay below this size (the ``cnn``: ~0.5 MB an
-#: epoch), so TAP (final epoch) and SEP (evenly spaced epochs) on the same data share one training run.
+#: epoch), so TAP (final epoch) and SEP (evenly spaced epochs) on the same data share one training run when they
+#: ask for the same epochs, seed and width (as their ``fast`` presets do: 10 epochs; by default TAP trains 10, SEP 30).
 KEEP_ALL_EPOCHS_BYTES = 64 * 2**20
 
 

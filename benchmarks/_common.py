@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 import resource
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from unlearnable.data.store import json_text
 
 
 def seed_list(text: str, default: int) -> list[int]:
@@ -56,7 +57,7 @@ def run_meta(**extra) -> dict:
 def emit(row: dict, path: str | Path) -> dict:
     """Print ``row`` (with the process's peak RSS so far) as one JSON line and append it to ``path``."""
     row = {**row, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
-    line = json.dumps(row)
+    line = json_text(row)
     print(line, flush=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -367,6 +367,27 @@ def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
                                                          "--out", str(tmp_path / "r")))
 
 
+def test_outputs_never_land_in_a_saved_sets_source_and_json_is_strict(tmp_path, small_train):
+    """export / purify into the folder or npz a saved set was made from corrupted it (a new 'class', a deleted
+    npz) and every later command on the set; --json printed bare NaN (a scikit-learn victim's loss)."""
+    sub = small_train.take(40)
+    np.savez(tmp_path / "src.npz", x=sub.x, y=sub.y)
+    from unlearnable.data import export_png
+
+    export_png({"train": sub}, tmp_path / "tree")
+    for spec, out in ((f"npz:{tmp_path / 'src.npz'}", tmp_path / "src.npz"),
+                      (f"folder:{tmp_path / 'tree' / 'train'}", tmp_path / "tree" / "train" / "more")):
+        saved = tmp_path / f"p{len(str(out))}"
+        run("poison", "--attack", "random-noise", "--data", spec, "--out", str(saved), check_rc=0)
+        for cmd in (("export", str(saved)), ("purify", "--defense", "jpeg", "--data", str(saved))):
+            error = one_line_error(run(*cmd, "--out", str(out), "--overwrite"))
+            assert "would overwrite the input" in error and "the source of" in error, error
+    assert (tmp_path / "src.npz").is_file() and not (tmp_path / "tree" / "train" / "more").exists()
+    p = run("train", "--data", str(saved), "--model", "random-forest", "--epochs", "2", "--json", check_rc=0)
+    summary = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert summary["history"][0]["train_loss"] is None and "do not apply" in p.stderr
+
+
 def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train, small_test):
     """The demo's plumbing (the README's first command), on 300 images with cheap stand-ins for its attack and
     D-VAE: every stage runs, the table has one row per victim and says its setting, the sets and grid are saved."""

@@ -217,6 +217,24 @@ def test_npz_checks_labels_and_its_test_split(tmp_path):
     np.save(tmp_path / "one.npy", x)
     with pytest.raises(UnlearnableError, match="holds one array"):
         load_dataset(f"npz:{tmp_path / 'one.npy'}")
+    # object arrays and 0-d / 2-d class lists were tracebacks; RGBA and half a test split were misexplained
+    for name, arrays, needle in (
+            ("obj", dict(x=np.array([x[0]] * 9 + [None], dtype=object)), "'x' holds Python objects"),
+            ("clobj", dict(classes=np.array(["a", 1], dtype=object)), "'classes' holds Python objects"),
+            ("cl0d", dict(classes=np.array("ab")), "1-D array of class names"),
+            ("cl2d", dict(classes=np.array([["a", "b"]])), "1-D array of class names"),
+            ("rgba", dict(x=np.zeros((10, 4, 4, 4), np.uint8)), "1 or 3 channels"),
+            ("half", dict(x_test=x[:4]), "x_test without y_test")):
+        np.savez(tmp_path / f"{name}.npz", **{"x": x, "y": y, **arrays})
+        with pytest.raises(UnlearnableError, match=needle):
+            load_dataset(f"npz:{tmp_path / name}.npz")
+    np.savez(tmp_path / "bytes.npz", x=x, y=y, classes=np.array([b"cat", b"dog"]))
+    assert load_dataset(f"npz:{tmp_path / 'bytes.npz'}")[0].classes == ["cat", "dog"]  # was "b'cat'"
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(UnlearnableError, match="not an .npz archive"):
+        load_dataset(f"npz:{tmp_path / 'text.npz'}")
+    with pytest.raises(UnlearnableError, match="is a folder"):
+        load_dataset(f"npz:{tmp_path}")
 
 
 def test_take_gives_what_a_small_class_lacks_to_the_others():
@@ -282,6 +300,57 @@ def test_imageset_validates():
     with pytest.raises(UnlearnableError, match="whole class indices"):  # was truncated to [0, 1, 0] silently
         ImageSet(np.zeros((3, 1, 4, 4), np.uint8), np.array([0.9, 1.5, -0.5]), ["a", "b"])
     assert ImageSet(np.zeros((2, 1, 4, 4), np.uint8), np.array([0.0, 1.0]), ["a", "b"]).y.tolist() == [0, 1]
+    x = np.zeros((3, 1, 4, 4), np.uint8)
+    with pytest.raises(UnlearnableError, match="one class index per image"):  # failed later inside the trainer
+        ImageSet(x, np.zeros((3, 1)), ["a", "b"])
+    with pytest.raises(UnlearnableError, match="a list of class names"):  # saved, then the reload refused it
+        ImageSet(x, np.zeros(3), "ab")
+    assert ImageSet(x, np.zeros(3), ("a", 1)).classes == ["a", "1"]
+
+
+def test_save_set_checks_its_clean_set_and_records_an_absolute_source(tmp_path, small_train, monkeypatch):
+    sub = small_train.take(20)
+    with pytest.raises(UnlearnableError, match="clean has 4000 images"):  # was a numpy broadcasting error
+        save_set(sub, tmp_path / "a", clean=small_train)
+    np.savez(tmp_path / "src.npz", x=sub.x, y=sub.y)
+    monkeypatch.chdir(tmp_path)
+    train, _ = load_dataset("npz:src.npz")
+    save_set(train, "b")
+    m = read_manifest(tmp_path / "b")
+    assert m["source"] == f"npz:{tmp_path / 'src.npz'}"  # relative, it broke once the user changed folders
+    save_set(sub.replace(source=""), "c")
+    with pytest.raises(UnlearnableError, match="names no source dataset"):
+        load("c")
+
+
+def test_tiny_images_get_an_ssim_and_write_errors_name_the_users_path(tmp_path, monkeypatch):
+    from unlearnable.data.store import write_atomic
+    from unlearnable.report import mean_ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (5, 1, 4, 4), dtype=np.uint8)
+    assert 0 < mean_ssim(a, a) == pytest.approx(1.0)  # a 4 x 4 image was a ValueError traceback in `info`
+    assert np.isnan(mean_ssim(a[:, :, :2, :2], a[:, :, :2, :2]))
+
+    def fail(tmp):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp))
+
+    with pytest.raises(FileNotFoundError) as e:
+        write_atomic(tmp_path / "g.png", fail)
+    assert e.value.filename == str(tmp_path / "g.png")  # not the hidden temporary name
+
+
+def test_export_gives_every_class_its_own_usable_folder(tmp_path):
+    from unlearnable.data.store import class_folders
+
+    assert class_folders(["a/b", "a_b", "..", ".", "", "Cat", "cat", ".h", "a_b-1"]) == \
+        ["a_b", "a_b-1", "_.", "_", "_-4", "Cat", "cat-6", "_h", "a_b-1-8"]
+    x = np.arange(4 * 16, dtype=np.uint8).reshape(4, 1, 4, 4)
+    data = ImageSet(x, np.array([0, 1, 2, 2]), ["a/b", "a_b", ".."], source="npz:unused")
+    export_png({"train": data}, tmp_path / "out")
+    folders = sorted(p.name for p in (tmp_path / "out" / "train").iterdir())
+    assert folders == ["_.", "a_b", "a_b-1"]  # three classes, none merged, none written into train/ itself
+    assert len(list((tmp_path / "out" / "train").rglob("*.png"))) == 4
 
 
 def test_partial_keeps_a_seeded_fraction_of_the_poison(small_train):

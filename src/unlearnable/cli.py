@@ -1,7 +1,6 @@
 """The command line: thin over the library. Parses, calls, prints. Heavy imports happen inside the commands."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -68,19 +67,25 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
 
 
 def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
-    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input."""
+    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input (a
+    saved set's source folder or npz file included: its clean images are read again by every later command)."""
     from .data.sources import spec_path
-    from .data.store import check_out_dir
+    from .data.store import check_out_dir, is_saved_set, read_manifest
 
     check_out_dir(out, overwrite)
     target = out.resolve()
     for spec in filter(None, map(str, inputs)):
-        path = spec_path(spec) or Path(spec).expanduser()  # a dataset spec's path, or a saved set's folder
-        if not path.exists():
-            continue
-        path = path.resolve()
-        if target == path or target in path.parents or path in target.parents:
-            raise UnlearnableError(f"--out {out} would overwrite the input {spec}; give another folder")
+        paths = [(spec_path(spec) or Path(spec).expanduser(), spec)]  # a dataset spec's path, or a saved set's folder
+        if is_saved_set(spec):
+            source = str(read_manifest(spec).get("source") or "")
+            if spec_path(source) is not None:
+                paths.append((spec_path(source), f"{source}, the source of {spec}"))
+        for path, what in paths:
+            if not path.exists():
+                continue
+            path = path.resolve()
+            if target == path or target in path.parents or path in target.parents:
+                raise UnlearnableError(f"--out {out} would overwrite the input {what}; give another folder")
 
 
 @app.command()
@@ -226,7 +231,8 @@ def train(
 ) -> None:
     """Train a victim on a training set and test it on the CLEAN test split."""
     from .data import load
-    from .models import MODELS
+    from .data.store import json_text
+    from .models import CLASSICAL, MODELS
 
     MODELS.check(model)  # an unknown name fails before any data is read (and before torch is imported)
     trainset, testset = load(data)
@@ -234,6 +240,9 @@ def train(
     from .training import train as fit
 
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
+    if model in CLASSICAL and changes:
+        _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in changes)} "
+             "do not apply to it")
     cfg = TrainConfig(seed=seed, device=device, **changes)
     if subset:
         trainset = _take(trainset, subset, seed)
@@ -242,7 +251,7 @@ def train(
     result = fit(trainset, testset, model, cfg)
     summary = {"data": data, "model": model, **result.summary()}
     if json_:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
         return
     from rich.console import Console
     from rich.table import Table
@@ -273,9 +282,18 @@ def export(
     train, test = load(data)
     with task("exporting", total=len(train) + len(test)) as advance:
         export_png({"train": train, "test": test}, out, overwrite=overwrite, progress=advance)
-    carved = (f"; {out / 'test'} holds the {len(test)} images of the folder that its seeded split keeps out, "
+    from .data.store import class_folders
+
+    carved = (f"; {out / 'test'} holds the {len(test)} images of the source that its seeded split keeps out, "
               f"clean" if test.provenance.get("carved") else "")
     _say(f"wrote {len(train)} + {len(test)} PNG files under {out}{carved}")
+    folders = class_folders(train.classes)
+    renamed = [f"{c!r} -> {f}" for c, f in zip(train.classes, folders) if c != f]
+    if renamed:
+        _say(f"class folders renamed to be usable and distinct: {', '.join(renamed[:5])}"
+             f"{' ...' if len(renamed) > 5 else ''}")
+    if folders != sorted(folders):
+        _say(f"note: --data folder:{out} numbers the classes in the folders' alphabetical order, not in this set's")
 
 
 @app.command()
@@ -406,7 +424,7 @@ def detect(
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with)  # the others, as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite, data, reference)
-    from .data.store import check_out_file
+    from .data.store import check_out_file, json_text
 
     for path, suffix in ((scores, ".csv"), (plot, ".png")):
         if path is not None:
@@ -460,7 +478,7 @@ def detect(
     if state is not None:  # everything is written: the detector's D-VAE is no longer needed
         Path(state).unlink(missing_ok=True)
     if json_:
-        typer.echo(json.dumps(summary))
+        typer.echo(json_text(summary))
         return
     if verdict is None:
         typer.echo(f"set: not checked ({data} has no test split of its own to compare with)")

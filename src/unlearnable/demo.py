@@ -5,7 +5,6 @@ grid (clean / poisoned / purified / perturbation magnified) land in ``--out``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 
 from .attacks import create_attack
 from .data import load, save_set
-from .data.store import budget_levels, write_atomic
+from .data.store import budget_levels, json_text, write_atomic
 from .defenses import create_defense
 from .report import image_grid, magnify, markdown_table, subset_for_grid
 from .training import TrainConfig, train
@@ -85,7 +84,7 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
     setting = (f"{len(clean)} training images ({data}); attack {name} ({_options(opts)}) at L-inf {eps * 255:.0f}/255; "
                f"victim {model} ({_options(kwargs)}), {cfg.epochs} epochs; accuracy on {len(test)} clean test images")
     write_atomic(out / "results.md", lambda tmp: tmp.write_text(setting + "\n\n" + table + "\n"))
-    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json_text(rows, indent=1)))
     print(table)
     _say(f"[demo] done in {time.perf_counter() - t_start:.0f} s; table {out / 'results.md'}, images {grid}")
     return rows

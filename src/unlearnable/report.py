@@ -24,11 +24,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def mean_ssim(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """Mean SSIM (scikit-image, 7 x 7 window; smaller images the largest odd window that fits; NaN under 3 px)."""
     from skimage.metrics import structural_similarity
 
+    side = min(a.shape[2:])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3 or not len(a):
+        return float("nan")
     idx = np.random.default_rng(seed).choice(len(a), min(len(a), SSIM_SAMPLES), replace=False)
-    vals = [structural_similarity(a[i].transpose(1, 2, 0), b[i].transpose(1, 2, 0), channel_axis=2, data_range=255)
-            for i in idx]
+    vals = [structural_similarity(a[i].transpose(1, 2, 0), b[i].transpose(1, 2, 0), channel_axis=2, data_range=255,
+                                  win_size=win) for i in idx]
     return float(np.mean(vals))
 
 
@@ -67,7 +72,9 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
         lines.append(f"L-inf:      max {linf.max()}/255, mean {linf.mean():.2f}/255")
         lines.append(f"L2:         max {l2.max():.3f}, mean {l2.mean():.3f}")
         lines.append(f"PSNR:       mean {np.mean(ps[np.isfinite(ps)]):.2f} dB (changed images)")
-        lines.append(f"SSIM:       mean {mean_ssim(x[changed], clean.x[changed]):.4f} (changed images)")
+        ssim = mean_ssim(x[changed], clean.x[changed])
+        lines.append(f"SSIM:       mean {ssim:.4f} (changed images)" if ssim == ssim
+                     else "SSIM:       n/a (images under 3 pixels a side)")
     if grid is not None:
         lines.append(f"grid:       {set_grid(data, clean, differs, grid)}")
     return "\n".join(lines)

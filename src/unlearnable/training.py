@@ -32,8 +32,8 @@ from .data.imageset import ImageSet, require_set, shape_text
 from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
-from .resume import rng_state, set_rng_state
 from .models.classical import PixelClassifier
+from .resume import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +352,8 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             raise UnlearnableError(f"the test set's {testset.num_classes} classes are not the training set's "
                                    f"{trainset.num_classes}")
         if len(testset) == 0:
-            raise UnlearnableError("the test set is empty (a folder's seeded 20% test split needs 3 or more images "
-                                   "a class; or give it train/ and test/)")
+            raise UnlearnableError("the test set is empty (a seeded 20% test split needs 3 or more images a class; "
+                                   "or give a folder train/ and test/, an npz x_test and y_test)")
     gen = seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model_name = model if isinstance(model, str) else type(model).__name__

@@ -23,6 +23,9 @@ def load(spec: str) -> tuple[ImageSet, ImageSet]:
     """
     if is_saved_set(spec):
         train = load_set(spec)
+        if not train.source:
+            raise UnlearnableError(f"{spec} names no source dataset (saved from Python with an ImageSet whose source "
+                                   "is empty), so its clean test split is unknown; give the ImageSet a source spec")
         _, test = load_dataset(train.source)
         return train, test
     if ":" not in spec:

@@ -49,6 +49,12 @@ class ImageSet:
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x)
         y = np.asarray(self.y)
+        if y.ndim != 1:
+            raise UnlearnableError(f"labels must be one class index per image (shape N), got shape {y.shape}")
+        if isinstance(self.classes, (str, bytes)) or not isinstance(self.classes, (list, tuple, np.ndarray)):
+            raise UnlearnableError(f"classes must be a list of class names, got {type(self.classes).__name__} "
+                                   f"{self.classes!r:.40}")
+        self.classes = [str(c) for c in self.classes]
         if not whole_labels(y):
             raise UnlearnableError(f"labels must be whole class indices, got {y.dtype} values that are not")
         self.y = y.astype(np.int64, copy=False)

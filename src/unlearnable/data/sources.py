@@ -330,10 +330,15 @@ def folder(path: str) -> tuple[ImageSet, ImageSet]:
 @DATASETS.register("npz", help="npz:PATH - arrays x (N,H,W[,C] or N,C,H,W; uint8 or floats in [0,1]) and y")
 def npz(path: str) -> tuple[ImageSet, ImageSet]:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UnlearnableError(f"{p} is a folder; npz:PATH names an .npz file (folder:PATH reads an image tree)")
     if not p.is_file():
         raise UnlearnableError(f"npz file {p} does not exist")
     try:
         z = np.load(p, allow_pickle=False)
+    except ValueError as e:  # numpy takes anything that is not .npy / .npz for a pickle
+        why = "it is not an .npz archive" if "pickled" in str(e) else str(e)
+        raise UnlearnableError(f"cannot read {p} as npz: {why}") from None
     except Exception as e:
         raise UnlearnableError(f"cannot read {p} as npz: {e}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -341,23 +346,42 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
     with z:
         if "x" not in z or "y" not in z:
             raise UnlearnableError(f"{p} must hold arrays 'x' and 'y' (found: {', '.join(z.files)})")
-        x = _images_from_array(z["x"], p)
-        y = _labels(z["y"], len(x), p, "y")
+        if ("x_test" in z) != ("y_test" in z):
+            raise UnlearnableError(f"{p} holds {'x_test' if 'x_test' in z else 'y_test'} without "
+                                   f"{'y_test' if 'x_test' in z else 'x_test'}: give both, or neither for a seeded "
+                                   "80/20 split")
+
+        def array(key: str) -> np.ndarray:
+            try:
+                return z[key]
+            except ValueError:  # numpy refuses object arrays without allow_pickle, which would run code
+                raise UnlearnableError(f"{p}: array {key!r} holds Python objects (dtype=object); save numbers, and "
+                                       "class names as strings") from None
+
+        x = _images_from_array(array("x"), p)
+        y = _labels(array("y"), len(x), p, "y")
         n_cls = int(y.max()) + 1 if len(y) else 0
-        classes = [str(c) for c in z["classes"]] if "classes" in z else [str(i) for i in range(n_cls)]
+        classes = _class_names(array("classes"), p) if "classes" in z else [str(i) for i in range(n_cls)]
         if len(classes) < 2:
             raise UnlearnableError(f"{p}: labels name {len(classes)} class; at least 2 are needed")
         if n_cls > len(classes):
             raise UnlearnableError(f"{p}: y has label {n_cls - 1} but 'classes' names only {len(classes)}")
-        if "x_test" in z and "y_test" in z:
-            xte = _images_from_array(z["x_test"], p, "x_test")
-            yte = _labels(z["y_test"], len(xte), p, "y_test")
+        if "x_test" in z:
+            xte = _images_from_array(array("x_test"), p, "x_test")
+            yte = _labels(array("y_test"), len(xte), p, "y_test")
             if xte.shape[1:] != x.shape[1:]:
                 raise UnlearnableError(f"{p}: x images are {shape_text(x)} but x_test images are {shape_text(xte)}")
             if len(yte) and yte.max() >= len(classes):
                 raise UnlearnableError(f"{p}: y_test has label {yte.max()}, beyond the {len(classes)} classes")
             return ImageSet(x, y, classes, split="train"), ImageSet(xte, yte, classes, split="test")
     return split_train_test(x, y, classes)
+
+
+def _class_names(names: np.ndarray, path: Path) -> list[str]:
+    """An npz's ``classes``: a 1-D array of names (bytes decoded as UTF-8, numbers as their text)."""
+    if names.ndim != 1:
+        raise UnlearnableError(f"{path}: classes must be a 1-D array of class names, got shape {names.shape}")
+    return [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
 
 
 def _labels(y: np.ndarray, n: int, path: Path, name: str) -> np.ndarray:
@@ -384,6 +408,9 @@ def _images_from_array(x: np.ndarray, path: Path, name: str = "x") -> np.ndarray
                                f"{x.shape}")
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise UnlearnableError(f"{path}: {name} images must have 1 or 3 channels (N x H x W x C or N x C x H x W), "
+                               f"got shape {x.shape}")
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise UnlearnableError(f"{path}: {name} must be uint8, or floats in [0, 1]")

@@ -22,11 +22,27 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UnlearnableError
-from .imageset import ImageSet, require_set
+from .imageset import ImageSet, require_set, shape_text
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ARRAYS = ("x", "y")
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (RFC 8259) for what the package writes or prints: NaN and infinities, which ``json.dumps``
+    writes as bare ``NaN`` / ``Infinity`` that other parsers refuse (a scikit-learn victim's training loss), become
+    ``null``."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if np.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def sha256_file(path: Path) -> str:
@@ -79,13 +95,15 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     new one (and at worst a hidden ``.NAME.old-*`` sibling), never neither."""
     out = Path(out).resolve()
     _check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with _named_as(None, out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         mask = os.umask(0)
         os.umask(mask)
         tmp.chmod(0o777 & ~mask)  # mkdtemp's 0700 would make a folder meant for release private
-        yield tmp
+        with _named_as(tmp, out):
+            yield tmp
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('.', 1)[-1]}")
@@ -107,14 +125,31 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path`` (same suffix), then rename it to ``path``: a crash
     never leaves a half-written file there, and a failed write leaves no temporary behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")  # one per writer
     try:
-        write(tmp)
-        tmp.replace(path)
+        with _named_as(tmp, path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def _named_as(tmp: Path | None, target: Path) -> Iterator[None]:
+    """An OSError about the temporary ``tmp`` (or, with None, about any path) names ``target`` instead, so that a
+    user reads "No such file or directory: /proc/g.png", not the hidden temporary name nobody asked for."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            name = Path(str(e.filename))
+            if tmp is None:
+                e.filename = str(target)
+            elif name == tmp or tmp in name.parents:
+                e.filename = str(target / name.relative_to(tmp)) if name != tmp and tmp.is_dir() else str(target)
+        raise
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> Path:
@@ -168,15 +203,22 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
     names a budget (``{"norm": ..., "eps": ...}``) and is not a purified set's, every sample is checked against it
     first (without ``clean`` nothing is checked).
     """
+    from .sources import spec_path
+
     require_set(data, "the set to save")
     if clean is not None:
         require_set(clean, "clean")
+        if clean.x.shape != data.x.shape:
+            raise UnlearnableError(f"clean has {len(clean)} images of {shape_text(clean.x)}, the set to save "
+                                   f"{len(data)} of {shape_text(data.x)}: clean must be the same images before")
     out = check_out_dir(out, overwrite)
+    path = spec_path(data.source)  # a folder or npz source, absolute: the set is read from other folders too
+    source = f"{data.source.partition(':')[0]}:{path.resolve()}" if path is not None else data.source
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "unlearnable_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": data.source,
+        "source": source,
         "split": data.split,
         "classes": data.classes,
         "shape": list(data.x.shape),
@@ -200,7 +242,7 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
             (tmp / name).write_bytes(blob)
             hashes[name] = sha256_file(tmp / name)
         manifest["sha256"] = hashes
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        (tmp / MANIFEST).write_text(json_text(manifest, indent=1))
     return out
 
 
@@ -265,8 +307,23 @@ def load_set(path: str | Path, verify: bool = True) -> ImageSet:
 
 
 def safe_name(name: str) -> str:
-    """A class name usable as a folder name ("T-shirt/top" -> "T-shirt_top")."""
-    return "".join(c if c.isalnum() or c in "-_. " else "_" for c in name).strip() or "_"
+    """A class name usable as a folder name ("T-shirt/top" -> "T-shirt_top"; never hidden, "." or "..")."""
+    name = "".join(c if c.isalnum() or c in "-_. " else "_" for c in name).strip() or "_"
+    return "_" + name[1:] if name.startswith(".") else name
+
+
+def class_folders(classes: list[str]) -> list[str]:
+    """One folder name per class, all distinct (also where case does not count, as on macOS and Windows): a class
+    whose :func:`safe_name` meets an earlier one's ("a/b" and "a_b", or a repeated name) gets ``-<label>``."""
+    out: list[str] = []
+    taken: set[str] = set()
+    for label, name in enumerate(classes):
+        folder = safe_name(str(name))
+        while folder.lower() in taken:
+            folder = f"{folder}-{label}"
+        taken.add(folder.lower())
+        out.append(folder)
+    return out
 
 
 def png_paths(data: ImageSet) -> list[Path]:
@@ -278,7 +335,8 @@ def png_paths(data: ImageSet) -> list[Path]:
     gets ``-<index>`` appended to its stem.
     """
     names = data.provenance.get("file_names")
-    folders = [safe_name(data.classes[c]) for c in data.y.tolist()]
+    by_label = class_folders(data.classes)
+    folders = [by_label[c] for c in data.y.tolist()]
     if names is None or len(names) != len(data):
         return [Path(f, f"{i:06d}.png") for i, f in enumerate(folders)]
     paths = [Path(f, *(Path(n).parts[1:] or [Path(n).name])).with_suffix(".png") for f, n in zip(folders, names)]
@@ -297,7 +355,7 @@ def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = Fa
             paths = png_paths(data)
             # every class folder, empty ones too (the class list, and so the labels, must survive a reload), and
             # the subfolders a folder's own names bring
-            for d in {*(Path(safe_name(c)) for c in data.classes), *(p.parent for p in paths)}:
+            for d in {*map(Path, class_folders(data.classes)), *(p.parent for p in paths)}:
                 (tmp / split / d).mkdir(parents=True, exist_ok=True)
             for i, rel in enumerate(paths):
                 path = tmp / split / rel

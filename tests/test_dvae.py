@@ -198,6 +198,12 @@ def test_threshold_and_metrics():
         detect(None, "nope")
 
 
+def test_a_diverging_fit_is_an_error_not_a_black_set(tiny_set):
+    """lr=1e6 made the loss NaN and every purified pixel 0, saved with exit code 0."""
+    with pytest.raises(UnlearnableError, match="no longer finite in epoch 1"):
+        create_defense("vae", width=4, epochs=1, batch_size=64, lr=1e6).fit(tiny_set)
+
+
 @pytest.mark.parametrize("bad, match", [({"folds": 1}, "folds"), ({"false_alarm": 1.5}, "false_alarm"),
                                         ({"c": 0}, "positive"), ({"reference": None}, "trusted clean images"),
                                         ({"network_epochs": 0}, "network_epochs"),

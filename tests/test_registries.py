@@ -128,12 +128,24 @@ def test_python_values_are_type_checked_and_numpy_scalars_converted():
     rn = create_attack("random-noise", seed=np.int64(1), eps=np.float32(0.03))
     assert type(rn.seed) is int and type(rn.eps) is float
     for name, bad, needle in (("em", {"eps": None}, "eps must be a number"), ("em", {"seed": 1.5}, "an integer"),
-                              ("em", {"seed": -1}, "negative"), ("em", {"eps": True}, "eps must be a number"),
+                              ("em", {"seed": -1}, "seed must lie in 0"), ("em", {"eps": True}, "eps must be a number"),
                               ("jpeg", {"quality": 1.5}, "an integer")):
         with pytest.raises(UnlearnableError, match=needle):
             (create_attack if name in ATTACKS.names() else create_defense)(name, **bad)
     with pytest.raises(UnlearnableError, match="epochs must be an integer"):
         TrainConfig(epochs=1.5)
+    # inf passed the range checks and diverged a VAE into an all-black set; numpy's seeding takes 32 bits; a CPU-only
+    # purifier recorded a device that does not exist
+    with pytest.raises(UnlearnableError, match="kld_weight must be a finite number"):
+        create_defense("vae", kld_weight=float("inf"))
+    with pytest.raises(UnlearnableError, match="lr must be a finite number"):
+        TrainConfig(lr=float("inf"))
+    with pytest.raises(UnlearnableError, match="seed must lie in"):
+        TrainConfig(seed=2**32)
+    with pytest.raises(UnlearnableError, match="seed must lie in"):
+        create_attack("random-noise", seed=2**64)
+    with pytest.raises(UnlearnableError, match="unknown device 'tpu'"):
+        create_defense("jpeg", device="tpu")
 
 
 def test_entry_points_refuse_what_is_not_an_image_set(tiny):

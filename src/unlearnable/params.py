@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -142,10 +143,13 @@ def preset_options(cls: type, name: str, kind: str) -> dict[str, Any]:
 
 def prepare(method: Any) -> None:
     """What every attack's and purifier's ``__post_init__`` does first: its fields type-checked (:func:`check_types`),
-    its preset applied (:func:`apply_preset`), its seed checked."""
+    its preset applied (:func:`apply_preset`), its device checked (also for methods that run on the CPU whatever the
+    device, so that the manifest never records a device that does not exist)."""
+    from .training import resolve_device
+
     check_types(method)
     apply_preset(method)
-    check(method.seed >= 0, f"seed must not be negative, got {method.seed}")
+    resolve_device(method.device)
 
 
 def check_types(obj: Any) -> None:
@@ -171,6 +175,10 @@ def check_types(obj: Any) -> None:
         else:
             check(isinstance(value, tuple(k for k in kinds if k is not bool)),
                   f"{f.name} must be {_kind_names(kinds)}, got {value!r}")
+        if isinstance(value, float):  # inf passed every range check and then diverged a fit into an all-black set
+            check(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
+        if f.name == "seed" and isinstance(value, int):  # numpy's legacy seeding, which training uses, takes 32 bits
+            check(0 <= value < 2**32, f"seed must lie in 0..{2**32 - 1}, got {value}")
         setattr(obj, f.name, value)
 
 

@@ -383,6 +383,9 @@ class RateConstrainedVAE(Purifier):
                         saved = time.perf_counter()
                 log.info("%s epoch %d/%d: rec %.5f, kld %.3f, p2 %.5f (%.1f s)", desc, epoch + 1, self.epochs,
                          *(sums / steps_per_epoch), time.perf_counter() - t0)
+                if not np.isfinite(sums).all():  # would purify every image to black (and save that state)
+                    raise UnlearnableError(f"{desc}: the loss is no longer finite in epoch {epoch + 1}: the fit "
+                                           f"diverged (lr {self.lr}, kld_weight {self.kld_weight}); lower them")
                 first_step, perm, sums = 0, None, np.zeros(3)
                 if self.checkpoint and epoch + 1 < self.epochs:
                     save(epoch + 1, 0)

@@ -344,6 +344,16 @@ def test_detect_reference_from_the_suspects_own_source_is_its_test_split(tmp_pat
     assert json.loads(p.stdout)["set"]["test"] == 10000
 
 
+def test_an_npz_reference_named_relatively_is_still_the_suspects_source(tmp_path, monkeypatch, small_train):
+    """Manifests record absolute sources; a relative npz spec must still be recognised as the same file."""
+    sub = small_train.take(300)
+    np.savez(tmp_path / "src.npz", x=sub.x[:200], y=sub.y[:200], x_test=sub.x[200:], y_test=sub.y[200:])
+    monkeypatch.chdir(tmp_path)
+    run("poison", "--attack", "random-noise", "--data", "npz:src.npz", "--out", "rn", check_rc=0)
+    p = run("detect", "--data", "rn", "--method", "simple", "--reference", "npz:./src.npz", "--json", check_rc=0)
+    assert "only its 100 test images are used" in p.stderr, p.stderr
+
+
 def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     out = tmp_path / "dc"
     run("poison", "--attack", "deepconfuse", "--set", "preset=smoke", "--eps", "0.3", "--subset", "300",
@@ -383,6 +393,9 @@ def test_outputs_never_land_in_a_saved_sets_source_and_json_is_strict(tmp_path, 
             error = one_line_error(run(*cmd, "--out", str(out), "--overwrite"))
             assert "would overwrite the input" in error and "the source of" in error, error
     assert (tmp_path / "src.npz").is_file() and not (tmp_path / "tree" / "train" / "more").exists()
+    grid = tmp_path / "tree" / "train" / "grid.png"  # a file in the source folder would be one more image there
+    assert "--grid" in one_line_error(run("info", str(saved), "--grid", str(grid)))
+    assert run("info", str(saved), "--grid", str(saved / "grid.png"), check_rc=0)  # beside its arrays: harmless
     p = run("train", "--data", str(saved), "--model", "random-forest", "--epochs", "2", "--json", check_rc=0)
     summary = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert summary["history"][0]["train_loss"] is None and "do not apply" in p.stderr

@@ -67,15 +67,33 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
 
 
 def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
-    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input (a
-    saved set's source folder or npz file included: its clean images are read again by every later command)."""
-    from .data.sources import spec_path
-    from .data.store import check_out_dir, is_saved_set, read_manifest
+    """Refuse a non-empty ``--out`` without ``--overwrite``, and one that is, holds or lies inside an input."""
+    from .data.store import check_out_dir
 
     check_out_dir(out, overwrite)
+    _clear_of_inputs(out, "--out", inputs)
+
+
+def _check_out_file(path: Path, flag: str, overwrite: bool, suffix: str, *inputs: Optional[str]) -> None:
+    """:func:`~unlearnable.data.store.check_out_file`, and refuse a file that is or lies inside an input."""
+    from .data.store import check_out_file
+
+    check_out_file(path, overwrite, suffix)
+    _clear_of_inputs(path, flag, inputs, file=True)
+
+
+def _clear_of_inputs(out: Path, flag: str, inputs: tuple, file: bool = False) -> None:
+    """Refuse an output that is, holds or lies inside an input (a saved set's source folder or npz file included:
+    its clean images are read again by every later command on the set). A ``file`` may lie in a saved set's own
+    folder (a grid beside its arrays changes nothing that is read), not in an image folder (it would be an image)."""
+    from .data.sources import spec_path
+    from .data.store import is_saved_set, read_manifest
+
     target = out.resolve()
     for spec in filter(None, map(str, inputs)):
         paths = [(spec_path(spec) or Path(spec).expanduser(), spec)]  # a dataset spec's path, or a saved set's folder
+        if is_saved_set(spec) and file:
+            paths = []  # a .png / .csv cannot be one of its arrays or its manifest
         if is_saved_set(spec):
             source = str(read_manifest(spec).get("source") or "")
             if spec_path(source) is not None:
@@ -85,7 +103,7 @@ def _check_out(out: Path, overwrite: bool, *inputs: Optional[str]) -> None:
                 continue
             path = path.resolve()
             if target == path or target in path.parents or path in target.parents:
-                raise UnlearnableError(f"--out {out} would overwrite the input {what}; give another folder")
+                raise UnlearnableError(f"{flag} {out} would overwrite the input {what}; give another place")
 
 
 @app.command()
@@ -307,9 +325,7 @@ def info(
     from .report import describe_set  # noqa: I001
 
     if grid is not None:
-        from .data.store import check_out_file
-
-        check_out_file(grid, overwrite, ".png")
+        _check_out_file(grid, "--grid", overwrite, ".png", data)
     typer.echo(describe_set(data, grid))
 
 
@@ -424,11 +440,11 @@ def detect(
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with)  # the others, as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite, data, reference)
-    from .data.store import check_out_file, json_text
+    from .data.store import json_text
 
-    for path, suffix in ((scores, ".csv"), (plot, ".png")):
+    for path, flag, suffix in ((scores, "--scores", ".csv"), (plot, "--plot", ".png")):
         if path is not None:
-            check_out_file(path, overwrite, suffix)
+            _check_out_file(path, flag, overwrite, suffix, data, reference)
     train, test = load(data)
     from .data.store import is_saved_set
     from .detect import check_set
@@ -518,11 +534,12 @@ def detect(
 
 
 def _same_source(a: str, b: str) -> bool:
-    """Two dataset specs naming the same data (``folder:./x`` and ``folder:x`` too)."""
+    """Two dataset specs naming the same data (``folder:./x``, ``folder:x`` and the absolute path a manifest
+    records; ``npz:`` likewise)."""
     from .data.sources import spec_path
 
     pa, pb = spec_path(a), spec_path(b)
-    if pa is not None and pb is not None and a.startswith("folder:") and b.startswith("folder:"):
+    if pa is not None and pb is not None and a.partition(":")[0] == b.partition(":")[0]:
         return pa.resolve() == pb.resolve()
     return a == b
 

@@ -66,13 +66,15 @@ class Resumable:
             Path(self.checkpoint).unlink()
 
 
-def rng_state(gen: Any = None) -> dict[str, Any]:
-    """The global torch (CPU and current CUDA device) and numpy generators, and ``gen``'s state."""
+def rng_state(gen: Any = None, device: Any = None) -> dict[str, Any]:
+    """The global torch (CPU, and CUDA: ``device`` when it is a CUDA device, else the current one) and numpy
+    generators, and ``gen``'s state."""
     import torch
 
+    cuda = device if device is not None and torch.device(device).type == "cuda" else "cuda"
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-            "gen": None if gen is None else gen.get_state()}
+            "cuda": torch.cuda.get_rng_state(cuda) if torch.cuda.is_initialized() else None,
+            "cuda_device": str(cuda), "gen": None if gen is None else gen.get_state()}
 
 
 def set_rng_state(state: dict[str, Any], gen: Any = None) -> None:
@@ -82,6 +84,6 @@ def set_rng_state(state: dict[str, Any], gen: Any = None) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"], state.get("cuda_device", "cuda"))
     if gen is not None and state["gen"] is not None:
         gen.set_state(state["gen"])

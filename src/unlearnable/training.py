@@ -370,7 +370,8 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     x = torch.from_numpy(np.array(trainset.x)).to(device)  # a copy: saved sets are read-only memory maps
     y = torch.from_numpy(trainset.y).to(device)
     starts = list(range(0, len(y), cfg.batch_size))
-    if len(starts) > 1 and len(y) - starts[-1] == 1:  # a last batch of one breaks batch norm: the one before takes it
+    if cfg.batch_size > 1 and len(starts) > 1 and len(y) - starts[-1] == 1:  # a last batch of one breaks batch
+        # norm (lenet's BatchNorm1d): the batch before takes it
         starts.pop()
     ends = starts[1:] + [len(y)]
     steps_per_epoch = len(starts)
@@ -410,7 +411,7 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             if state_path is not None and epoch + 1 < cfg.epochs:  # after the last epoch it would be removed
                 torch_save_atomic({"key": key, "epoch": epoch + 1, "model": model.state_dict(),
                                    "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict(),
-                                   "rng": rng_state(gen), "history": result.history, "seconds": result.seconds},
+                                   "rng": rng_state(gen, device), "history": result.history, "seconds": result.seconds},
                                   state_path)
     if state_path is not None:
         Path(state_path).unlink(missing_ok=True)

@@ -532,7 +532,7 @@ class DeepConfuse(Attack):
         score_idx = train_idx[:self.score_size] if self.score_size else train_idx
         scoring = data.subset(score_idx)
         scoring = scoring.replace(x=protect(generator, scoring.x))
-        cfg = TrainConfig(epochs=self.score_epochs, seed=self.seed + trial, device=self.device, eval_every=10**6)
+        cfg = TrainConfig(epochs=self.score_epochs, seed=(self.seed + trial) % 2**32, device=self.device, eval_every=10**6)
         model = train(scoring, None, self.victim, cfg, description="deepconfuse scoring").model
         hold = data.subset(hold_idx)
         pred = predict(model, torch.from_numpy(hold.x)).cpu().numpy()

@@ -23,10 +23,7 @@ def load(spec: str) -> tuple[ImageSet, ImageSet]:
     """
     if is_saved_set(spec):
         train = load_set(spec)
-        if not train.source:
-            raise UnlearnableError(f"{spec} names no source dataset (saved from Python with an ImageSet whose source "
-                                   "is empty), so its clean test split is unknown; give the ImageSet a source spec")
-        _, test = load_dataset(train.source)
+        _, test = load_dataset(_source(train))
         return train, test
     if ":" not in spec:
         if Path(spec).is_dir():
@@ -38,9 +35,16 @@ def load(spec: str) -> tuple[ImageSet, ImageSet]:
     return load_dataset(spec)
 
 
+def _source(data: ImageSet) -> str:
+    if not data.source:
+        raise UnlearnableError("the set names no source dataset (saved from Python with an ImageSet whose source is "
+                               "empty), so its clean images are unknown; give the ImageSet a source spec")
+    return data.source
+
+
 def clean_counterpart(data: ImageSet) -> ImageSet:
     """The clean training split a saved set was made from (same order), reloaded from its source."""
-    train, _ = load_dataset(data.source)
+    train, _ = load_dataset(_source(data))
     if "source_index" in data.provenance:
         index = np.asarray(data.provenance["source_index"], dtype=np.int64)
         if len(index) and index.max() >= len(train):

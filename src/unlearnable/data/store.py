@@ -95,9 +95,13 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     new one (and at worst a hidden ``.NAME.old-*`` sibling), never neither."""
     out = Path(out).resolve()
     _check_replaceable(out)
-    with _named_as(None, out):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:  # name the folder asked for, not the temporary one tried beside it
+        if e.filename is not None and Path(str(e.filename)).name.startswith(f".{out.name}."):
+            e.filename = str(out)
+        raise
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -137,17 +141,15 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 @contextlib.contextmanager
-def _named_as(tmp: Path | None, target: Path) -> Iterator[None]:
-    """An OSError about the temporary ``tmp`` (or, with None, about any path) names ``target`` instead, so that a
-    user reads "No such file or directory: /proc/g.png", not the hidden temporary name nobody asked for."""
+def _named_as(tmp: Path, target: Path) -> Iterator[None]:
+    """An OSError about the temporary ``tmp`` (or a file in it) names ``target`` instead, so that a user reads
+    "No such file or directory: /proc/g.png", not the hidden temporary name nobody asked for."""
     try:
         yield
     except OSError as e:
         if e.filename is not None:
             name = Path(str(e.filename))
-            if tmp is None:
-                e.filename = str(target)
-            elif name == tmp or tmp in name.parents:
+            if name == tmp or tmp in name.parents:
                 e.filename = str(target / name.relative_to(tmp)) if name != tmp and tmp.is_dir() else str(target)
         raise
 

@@ -385,7 +385,7 @@ class RateConstrainedVAE(Purifier):
                          *(sums / steps_per_epoch), time.perf_counter() - t0)
                 if not np.isfinite(sums).all():  # would purify every image to black (and save that state)
                     raise UnlearnableError(f"{desc}: the loss is no longer finite in epoch {epoch + 1}: the fit "
-                                           f"diverged (lr {self.lr}, kld_weight {self.kld_weight}); lower them")
+                                           f"diverged (lr {self.lr}, KL weight {weight:.3g}); lower them")
                 first_step, perm, sums = 0, None, np.zeros(3)
                 if self.checkpoint and epoch + 1 < self.epochs:
                     save(epoch + 1, 0)

@@ -68,9 +68,10 @@ def test_attack_contract(name, tiny):
     np.testing.assert_array_equal(a.y, b.y)
     assert np.abs(a.x.astype(int) - tiny.x).max() <= 16
     assert a.provenance["method"] == name
-    half = create_attack(name, **opts, ratio=0.5).poison(tiny)
-    changed = np.asarray(half.provenance["changed"])
-    assert len(changed) == 100
+    attack = create_attack(name, **opts, ratio=0.5)
+    half, chosen = attack.poison(tiny), attack.select(len(tiny))
+    changed = np.asarray(half.provenance["changed"])  # those of the chosen 100 whose pixels or label really moved
+    assert len(chosen) == 100 and 0 < len(changed) <= 100 and np.isin(changed, chosen).all()
     untouched = np.setdiff1d(np.arange(len(tiny)), changed)
     np.testing.assert_array_equal(half.x[untouched], tiny.x[untouched])
     np.testing.assert_array_equal(half.y[untouched], tiny.y[untouched])
@@ -162,6 +163,27 @@ def test_entry_points_refuse_what_is_not_an_image_set(tiny):
             call()
     with pytest.raises(UnlearnableError, match="cfg must be a TrainConfig"):
         train(tiny, tiny, cfg={"epochs": 1})
+
+
+def test_the_record_lists_only_the_samples_an_attack_really_changed(tiny, caplog):
+    """A perturbation that rounds to nothing poisons nothing: DeepConfuse's smoke generator at 8/255 changed no
+    pixel yet recorded every sample, and detection then scored against samples identical to the clean ones."""
+    from dataclasses import dataclass
+
+    from unlearnable.attacks.base import Attack
+
+    @dataclass
+    class EveryOther(Attack):
+        name = "every-other"
+
+        def craft(self, data, index):
+            x = data.x[index].astype(np.float32) / 255
+            x[1::2] = np.where(x[1::2] < 0.5, x[1::2] + 4 / 255, x[1::2] - 4 / 255)
+            return x, data.y[index]
+
+    out = EveryOther(eps=8 / 255).poison(tiny)
+    assert out.provenance["changed"] == list(range(1, len(tiny), 2))
+    assert "came out unchanged" in caplog.text
 
 
 def test_em_fast_preset_keeps_the_official_single_class_wise_step():

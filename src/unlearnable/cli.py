@@ -149,9 +149,8 @@ def poison(
     files = {name: blob for name, (blob, _) in atk.artifacts().items()}  # e.g. DeepConfuse's generator
     save_set(poisoned, out, clean=train, overwrite=overwrite, extra_files=files)
     atk.clear_state()
-    note = _unchanged_note(poisoned, train) if atk.changes_images else ""
-    _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "
-         f"{poisoned.provenance['crafting_seconds']} s){note}")
+    _say(f"saved {out} ({len(poisoned.provenance['changed'])} samples changed, "  # the attack warns of any it
+         f"{poisoned.provenance['crafting_seconds']} s)")  # meant to change that 8-bit rounding left as they were
 
 
 def _take(data, n: int, seed: int):
@@ -177,7 +176,8 @@ def _refuse_poisoned(data, spec: str) -> None:
 
 
 def _unchanged_note(saved, clean) -> str:
-    """A warning when 8-bit rounding left images the method meant to change identical to their input."""
+    """A warning when 8-bit rounding left images ``protect`` meant to change identical to their input (an attack's
+    ``poison`` leaves them out of its record and says so itself)."""
     import numpy as np
 
     changed = np.asarray(saved.provenance.get("changed", np.arange(len(saved))), dtype=np.int64)

@@ -80,8 +80,15 @@ class Attack(Resumable):
         if self.changes_images:
             x[index] = self.quantise(data.x[index], images)
         y[index] = np.asarray(labels, dtype=np.int64)
+        # what the attack really changed: a perturbation that rounds to nothing poisons nothing (detection metrics
+        # and partial poisoning read this record)
+        moved = (x[index] != data.x[index]).reshape(len(index), -1).any(1) | (y[index] != data.y[index])
+        if not moved.all():
+            log.warning("%s: %d of the %d samples chosen came out unchanged (their perturbation rounds to zero at "
+                        "8 bits); the record lists the %d changed", self.name, int((~moved).sum()), len(index),
+                        int(moved.sum()))
         provenance = {**data.provenance, "method": self.name, "params": self.params(), "seed": self.seed,
-                      "changed": index.tolist(), "crafting_seconds": round(seconds, 2)}
+                      "changed": index[moved].tolist(), "crafting_seconds": round(seconds, 2)}
         artifacts = {name: meta for name, (_, meta) in self.artifacts().items()}
         if artifacts:
             provenance["artifacts"] = artifacts

@@ -66,11 +66,29 @@ def emit(row: dict, path: str | Path) -> dict:
     return row
 
 
+def run_script(main) -> None:
+    """A benchmark's entry point: bad input (an unknown attack, a malformed ``--set``, an unreadable set) is one
+    ``error:`` line and exit code 2, as on the package's command line."""
+    import sys
+
+    from unlearnable.errors import UnlearnableError
+
+    try:
+        main()
+    except UnlearnableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def set_jobs(sets, ratios: str = "", clean: bool = False, data: str = "", seed: int = 0) -> list:
     """``(name, ImageSet)`` for each saved set, or for each of its ``ratios`` (comma-separated, ``data.partial`` with
     ``seed``), plus the clean training split of the first set's source (or of ``data``) when ``clean``."""
     from unlearnable.data import clean_counterpart, load, load_set, partial
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.params import parse_fraction
 
+    if not sets and not (clean and data):
+        raise UnlearnableError("nothing to measure: give saved sets, or --clean with --data SPEC")
     jobs = []
     for p in sets:
         saved = load_set(p)
@@ -78,7 +96,8 @@ def set_jobs(sets, ratios: str = "", clean: bool = False, data: str = "", seed: 
             jobs.append((str(p), saved))
             continue
         reference = clean_counterpart(saved)
-        jobs += [(f"{p}@{r}", partial(saved, float(r), seed=seed, clean=reference)) for r in ratios.split(",")]
+        jobs += [(f"{p}@{r}", partial(saved, parse_fraction(r), seed=seed, clean=reference))
+                 for r in ratios.split(",")]
     if clean:
         jobs.append(("clean", clean_counterpart(jobs[0][1]) if jobs else load(data)[0]))
     return jobs

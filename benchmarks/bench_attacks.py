@@ -16,10 +16,10 @@ import logging
 import time
 from pathlib import Path
 
-from _common import emit, run_meta
+from _common import emit, run_meta, run_script
 from unlearnable.attacks import create_attack
 from unlearnable.data import load
-from unlearnable.params import parse_eps
+from unlearnable.params import parse_eps, parse_sets
 from unlearnable.training import TrainConfig, train
 
 
@@ -43,17 +43,19 @@ def main() -> None:
     if args.train_subset:
         train_set = train_set.take(args.train_subset, seed=args.seed)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
-    options = dict(o.split("=", 1) for o in args.options)
+    options = parse_sets(args.options)
     meta = run_meta(data=args.data, train=len(train_set), test=len(test_set), victim=args.victim,
                     victim_epochs=args.victim_epochs, seed=args.seed)
+    budgets = [parse_eps(e if "/" in e or "." in e else f"{e}/255") for e in args.eps.split(",")]
+    for eps in budgets:  # bad options fail now, not after the clean victim's minutes
+        create_attack(args.attack, eps=eps, **{"seed": args.seed, **options})
     rows = []
     if not args.no_clean:
         r = train(train_set, test_set, args.victim, cfg, description="clean victim")
         rows.append({**meta, "attack": "clean", "eps": 0, "final": r.test_acc, "peak": r.peak_test_acc,
                      "craft_s": 0.0})
         emit(rows[-1], args.json)
-    for eps_text in args.eps.split(","):
-        eps = parse_eps(eps_text if "/" in eps_text or "." in eps_text else f"{eps_text}/255")
+    for eps in budgets:
         attack = create_attack(args.attack, eps=eps, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
         poisoned = attack.poison(train_set)
@@ -76,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

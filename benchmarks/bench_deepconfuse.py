@@ -10,7 +10,8 @@
 ``victims`` is the transfer experiment (Fig. 6/7: each victim trained on clean vs protected data, clean test
 accuracy); ``partial`` protects a seeded fraction of the training set and compares with flipping the labels of
 the same fraction at random (Fig. 5); ``svm-weights`` writes the per-class weight images of a linear SVM trained on
-clean data (top row) and on protected data (bottom row) (Fig. 10); ``eps-sweep`` trains one generator per budget
+clean data (top row) and on protected data (bottom row) (Fig. 10), and their weights beside the PNG
+(``P.clean.npy``, ``P.deepconfuse.npy``) for re-plotting; ``eps-sweep`` trains one generator per budget
 and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the training split on the default device
 (best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe
 (``--epochs``); ``--subset N`` trains every victim on a seeded stratified subset (resnet18 is ~60 images/s on a
@@ -30,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import emit, run_meta, seed_list, summary, victim_runs
+from _common import emit, run_meta, run_script, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
+from unlearnable.params import parse_eps, parse_sets
 from unlearnable.report import curve_plot
 from unlearnable.training import TrainConfig, predict, resolve_device, train
 
@@ -67,7 +69,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     train_set, test_set = load(args.data)
-    options = dict(o.split("=", 1) for o in args.options)
+    options = parse_sets(args.options)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     base = run_meta(data=args.data, seed=args.seed)
 
@@ -85,7 +87,7 @@ def main() -> None:
 
     if args.experiment in ("train", "eps-sweep"):
         rows = []
-        for eps in map(float, args.eps.split(",")):
+        for eps in (parse_eps(e) for e in args.eps.split(",")):
             attack = create_attack("deepconfuse", eps=eps, **{"seed": args.seed, **options})
             t0 = time.perf_counter()
             attack.fit(train_set)
@@ -183,4 +185,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

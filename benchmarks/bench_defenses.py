@@ -23,9 +23,11 @@ import argparse
 import logging
 import time
 
-from _common import emit, poisoned_share, run_meta, seed_list, set_jobs, summary, victim_runs
+from _common import (emit, poisoned_share, run_meta, run_script, seed_list, set_jobs, summary,
+                     victim_runs)
 from unlearnable.data import load
 from unlearnable.defenses import create_defense
+from unlearnable.params import parse_sets
 from unlearnable.training import TrainConfig, train
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/defenses.jsonl")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    options = dict(o.split("=", 1) for o in args.options)
+    options = parse_sets(args.options)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
     seeds = seed_list(args.victim_seeds, args.seed)
     meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs, victim_seeds=seeds)
@@ -93,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

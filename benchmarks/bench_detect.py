@@ -21,7 +21,7 @@ import argparse
 import logging
 import time
 
-from _common import emit, poisoned_share, run_meta, set_jobs
+from _common import emit, poisoned_share, run_meta, run_script, set_jobs
 from unlearnable.data import load
 from unlearnable.detect import check_set, detect, detection_metrics
 from unlearnable.params import parse_sets
@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

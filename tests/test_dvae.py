@@ -198,6 +198,28 @@ def test_threshold_and_metrics():
         detect(None, "nope")
 
 
+def test_detect_takes_a_fitted_dvae_and_checks_threshold_and_set_check_inputs(tiny_set, tiny_dvae, small_test):
+    """bench_defenses --detect passes its fitted D-VAE (broke when detect() sent every option to a new fit); a NaN
+    threshold flagged nothing silently; the set check took a reference with an extra class for a poisoned set."""
+    from unlearnable.data import ImageSet
+    from unlearnable.detect import check_set, detect, dvae_scores
+
+    found = detect(tiny_set, "dvae", dvae=tiny_dvae)
+    assert found.params["score"] == "residual" and found.params["width"] == tiny_dvae.width
+    np.testing.assert_array_equal(found.scores, dvae_scores(tiny_set, tiny_dvae))
+    with pytest.raises(UnlearnableError, match="takes no D-VAE options"):
+        detect(tiny_set, "dvae", dvae=tiny_dvae, width=8)
+    for bad in ("nan", "abc", float("inf")):
+        with pytest.raises(UnlearnableError, match="threshold must be"):
+            detect(tiny_set, "simple", threshold=bad)
+    two = np.flatnonzero(tiny_set.y < 2)
+    pair = ImageSet(tiny_set.x[two], tiny_set.y[two], tiny_set.classes[:2], source=tiny_set.source)
+    with pytest.raises(UnlearnableError, match="classes .* are not the set's"):
+        check_set(pair, small_test)
+    with pytest.raises(UnlearnableError, match="same shape"):
+        check_set(tiny_set, small_test.replace(x=small_test.x[:, :, :14, :14]))
+
+
 def test_a_diverging_fit_is_an_error_not_a_black_set(tiny_set):
     """lr=1e6 made the loss NaN and every purified pixel 0, saved with exit code 0."""
     with pytest.raises(UnlearnableError, match="no longer finite in epoch 1"):

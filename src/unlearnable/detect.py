@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, require_set
+from .data.imageset import shape_text
 from .errors import UnlearnableError
 from .params import typed_kwargs
 
@@ -181,6 +182,15 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
 
     require_set(data, "the set to check")
     require_set(test, "the test set")
+    if test.x.shape[1:] != data.x.shape[1:]:
+        raise UnlearnableError(f"the clean test images are {shape_text(test.x)}, the set's {shape_text(data.x)}: "
+                               "they must have the same shape")
+    if list(test.classes) != list(data.classes):  # a class the set lacks would open a gap of its own
+        def names(c: list[str]) -> str:
+            return ", ".join(c[:5]) + (f" and {len(c) - 5} more" if len(c) > 5 else "")
+
+        raise UnlearnableError(f"the clean test split's classes ({names(test.classes)}) are not the set's "
+                               f"({names(data.classes)}): they must be the same, in the same order")
     if not 0 < holdout < 1:
         raise UnlearnableError(f"holdout must lie in (0, 1), got {holdout}")
     n_val = int(round(len(data) * holdout))
@@ -252,8 +262,8 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
         raise UnlearnableError(f"false_alarm must lie in (0, 1), got {false_alarm}")
     if int(folds) != folds or folds < 2:
         raise UnlearnableError(f"folds must be an integer >= 2, got {folds}")
-    if c <= 0:
-        raise UnlearnableError(f"c (the inverse regularisation strength) must be positive, got {c}")
+    if not 0 < c < math.inf:
+        raise UnlearnableError(f"c (the inverse regularisation strength) must be positive and finite, got {c}")
     if int(network_epochs) != network_epochs or network_epochs < 1:
         raise UnlearnableError(f"network_epochs must be an integer >= 1, got {network_epochs}")
     folds, network_epochs = int(folds), int(network_epochs)  # 2.0 is 2 (the trainer takes whole epochs only)
@@ -367,7 +377,9 @@ def _network_contrast(data: ImageSet, reference: ImageSet, residual: tuple[np.nd
         return np.clip(res * (4 * 255) + 128, 0, 255).round().astype(np.uint8)
 
     def margin(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-        logits = predict_logits(net, torch.from_numpy(images)).float().cpu().numpy()
+        # float32 logits (the net still trains in bf16 where the CPU has it): bf16's 8-bit mantissa tied many
+        # held-out scores at the quantile threshold, so fewer than false_alarm of clean images were flagged
+        logits = predict_logits(net, torch.from_numpy(images), amp=False).float().cpu().numpy()
         return logits[:, 1] - logits[:, 0]
 
     x, ref = texture(residual[0]), texture(residual[1])
@@ -379,7 +391,7 @@ def _network_contrast(data: ImageSet, reference: ImageSet, residual: tuple[np.nd
         both = ImageSet(np.concatenate([x[fit], ref[np.concatenate(drawn)]]),
                         np.r_[np.ones(len(fit), np.int64), np.zeros(sum(map(len, drawn)), np.int64)],
                         ["reference", "suspect"], source=data.source)
-        cfg = TrainConfig(seed=seed + f, device=device, eval_every=10**6)
+        cfg = TrainConfig(seed=(seed + f) % 2**32, device=device, eval_every=10**6)
         cfg.epochs = max(epochs, math.ceil(NETWORK_MIN_STEPS / math.ceil(len(both) / cfg.batch_size)))
         net = train(both, None, "cnn", cfg, description=f"contrast network, fold {f + 1}").model
         scores[fold == f] = margin(net, x[fold == f])
@@ -429,11 +441,19 @@ def flag(scores: np.ndarray, threshold: float | None = None) -> Detection:
 
 def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None, checkpoint: str | None = None,
            keep_state: bool = False, **options: Any) -> Detection:
-    """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`; its training
-    resumes from ``checkpoint``, see :func:`dvae_scores`), ``"simple"`` (``options`` go to :func:`simple_scores`,
+    """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`, or
+    ``dvae=`` a fitted one and ``score=``; its training resumes from ``checkpoint``, see :func:`dvae_scores`),
+    ``"simple"`` (``options`` go to :func:`simple_scores`,
     which trains for seconds and keeps no state) or ``"contrast"`` (``options`` go to :func:`contrast_detect` and
     must include ``reference``, trusted clean images; its threshold is calibrated on them, not Otsu's)."""
     require_set(data, "the set to score")
+    if threshold is not None:  # a number, or its text from --set
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise UnlearnableError(f"threshold must be a number, got {threshold!r}") from None
+        if not math.isfinite(threshold):
+            raise UnlearnableError(f"threshold must be a finite number, got {threshold}")
     if method not in DETECTORS:
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:
@@ -449,10 +469,13 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
         from .defenses.dvae import fit_stage1
 
         options = dict(options)
-        score = options.pop("score", "residual")
+        score, dvae = options.pop("score", "residual"), options.pop("dvae", None)  # dvae: one fitted already
         if score not in DVAE_SCORES:  # before the fit, not after it
             raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
-        dvae = fit_stage1(data, checkpoint, **options)
+        if dvae is not None and options:
+            raise UnlearnableError(f"a fitted dvae takes no D-VAE options ({', '.join(options)})")
+        if dvae is None:
+            dvae = fit_stage1(data, checkpoint, **options)
         scores = dvae_scores(data, dvae, score, checkpoint=checkpoint, keep_state=keep_state)
         result = replace(flag(scores, threshold), method=method, params={"score": score, **dvae.params()})
     else:

@@ -460,7 +460,7 @@ def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monk
               "--out", str(tmp_path / "set"), check_rc=0).stderr
     assert "protected 8 images" in out and "the 2 images of its test split are not in a saved set" in out, out
     err = run("export", str(tmp_path / "set"), "--out", str(tmp_path / "png"), check_rc=0).stderr
-    assert "holds the 2 images of the folder that its seeded split keeps out, clean" in err, err
+    assert "holds the 2 images of the source that its seeded split keeps out, clean" in err, err
     exported = sorted(p.relative_to(tmp_path / "png") for p in (tmp_path / "png").rglob("*.png"))
     assert sorted(str(p.relative_to(p.parts[0])) for p in exported) == written  # every file under its own name
     assert [p.parts[0] for p in exported].count("test") == 2

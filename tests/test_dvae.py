@@ -194,8 +194,10 @@ def test_threshold_and_metrics():
     assert m["f1"] == 1.0 and m["accuracy"] == 1.0 and m["auc"] == 1.0
     m = detection_metrics([0, 1], [1, 2], 4)
     assert (m["precision"], m["recall"], m["accuracy"]) == (0.5, 0.5, 0.5)
+    from unlearnable.data import ImageSet
+
     with pytest.raises(UnlearnableError, match="unknown detector"):
-        detect(None, "nope")
+        detect(ImageSet(np.zeros((2, 1, 4, 4), np.uint8), np.array([0, 1]), ["a", "b"]), "nope")
 
 
 def test_detect_takes_a_fitted_dvae_and_checks_threshold_and_set_check_inputs(tiny_set, tiny_dvae, small_test):

@@ -91,10 +91,10 @@ def _clear_of_inputs(out: Path, flag: str, inputs: tuple, file: bool = False) ->
 
     target = out.resolve()
     for spec in filter(None, map(str, inputs)):
-        paths = [(spec_path(spec) or Path(spec).expanduser(), spec)]  # a dataset spec's path, or a saved set's folder
-        if is_saved_set(spec) and file:
-            paths = []  # a .png / .csv cannot be one of its arrays or its manifest
-        if is_saved_set(spec):
+        saved = is_saved_set(spec)
+        # a dataset spec's path, or a saved set's folder (a .png / .csv cannot be one of its arrays or its manifest)
+        paths = [] if saved and file else [(spec_path(spec) or Path(spec).expanduser(), spec)]
+        if saved:
             source = str(read_manifest(spec).get("source") or "")
             if spec_path(source) is not None:
                 paths.append((spec_path(source), f"{source}, the source of {spec}"))
@@ -536,12 +536,9 @@ def detect(
 def _same_source(a: str, b: str) -> bool:
     """Two dataset specs naming the same data (``folder:./x``, ``folder:x`` and the absolute path a manifest
     records; ``npz:`` likewise)."""
-    from .data.sources import spec_path
+    from .data.sources import absolute_spec
 
-    pa, pb = spec_path(a), spec_path(b)
-    if pa is not None and pb is not None and a.partition(":")[0] == b.partition(":")[0]:
-        return pa.resolve() == pb.resolve()
-    return a == b
+    return absolute_spec(a) == absolute_spec(b)
 
 
 def _reference_images(spec: str, suspect, unscored=None):

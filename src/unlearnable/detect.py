@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, require_set
-from .data.imageset import shape_text
+from .data.imageset import require_alike
 from .errors import UnlearnableError
 from .params import typed_kwargs
 
@@ -85,6 +85,11 @@ class Detection:
 DVAE_SCORES = ("residual", "p_norm")
 
 
+def _check_score(score: str) -> None:
+    if score not in DVAE_SCORES:
+        raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
+
+
 def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", checkpoint: str | None = None,
                 keep_state: bool = False, **options: Any) -> np.ndarray:
     """Per-sample scores from the stage-1 D-VAE (higher = more likely poisoned).
@@ -104,8 +109,7 @@ def dvae_scores(data: ImageSet, dvae: Any = None, score: str = "residual", check
     """
     from .defenses.dvae import fit_stage1
 
-    if score not in DVAE_SCORES:
-        raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
+    _check_score(score)
     if dvae is None:
         dvae = fit_stage1(data, checkpoint, **options)
     x_hat, p = dvae.decompose(data.x, data.y)
@@ -182,15 +186,7 @@ def check_set(data: ImageSet, test: ImageSet, model: str = "linear", epochs: int
 
     require_set(data, "the set to check")
     require_set(test, "the test set")
-    if test.x.shape[1:] != data.x.shape[1:]:
-        raise UnlearnableError(f"the clean test images are {shape_text(test.x)}, the set's {shape_text(data.x)}: "
-                               "they must have the same shape")
-    if list(test.classes) != list(data.classes):  # a class the set lacks would open a gap of its own
-        def names(c: list[str]) -> str:
-            return ", ".join(c[:5]) + (f" and {len(c) - 5} more" if len(c) > 5 else "")
-
-        raise UnlearnableError(f"the clean test split's classes ({names(test.classes)}) are not the set's "
-                               f"({names(data.classes)}): they must be the same, in the same order")
+    require_alike(test, data, "the clean test")  # a class the set lacks would open a gap of its own
     if not 0 < holdout < 1:
         raise UnlearnableError(f"holdout must lie in (0, 1), got {holdout}")
     n_val = int(round(len(data) * holdout))
@@ -470,8 +466,7 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
 
         options = dict(options)
         score, dvae = options.pop("score", "residual"), options.pop("dvae", None)  # dvae: one fitted already
-        if score not in DVAE_SCORES:  # before the fit, not after it
-            raise UnlearnableError(f"unknown D-VAE score {score!r}; known: {', '.join(DVAE_SCORES)}")
+        _check_score(score)  # before the fit, not after it
         if dvae is not None and options:
             raise UnlearnableError(f"a fitted dvae takes no D-VAE options ({', '.join(options)})")
         if dvae is None:

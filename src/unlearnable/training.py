@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import progress
-from .data.imageset import ImageSet, require_set, shape_text
+from .data.imageset import ImageSet, require_alike, require_set
 from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
@@ -77,7 +77,6 @@ class TrainConfig:
               f"[0, 1), got {self.label_smoothing}, {self.warmup}")
         check(self.crop_pad is None or self.crop_pad >= 0, f"crop_pad must not be negative, got {self.crop_pad}")
         check(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}")
-        check(math.isfinite(self.lr), f"lr must be finite, got {self.lr}")
         check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -345,12 +344,7 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
     if len(trainset) == 0:
         raise UnlearnableError("the training set is empty")
     if testset is not None:
-        if testset.x.shape[1:] != trainset.x.shape[1:]:
-            raise UnlearnableError(f"test images are {shape_text(testset.x)} but training images "
-                                   f"{shape_text(trainset.x)}")
-        if list(testset.classes) != list(trainset.classes):
-            raise UnlearnableError(f"the test set's {testset.num_classes} classes are not the training set's "
-                                   f"{trainset.num_classes}")
+        require_alike(testset, trainset, "test")
         if len(testset) == 0:
             raise UnlearnableError("the test set is empty (a seeded 20% test split needs 3 or more images a class; "
                                    "or give a folder train/ and test/, an npz x_test and y_test)")

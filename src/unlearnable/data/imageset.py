@@ -30,6 +30,20 @@ def require_set(obj: Any, what: str = "data") -> None:
                                "unlearnable.data.load(spec) or ImageSet(x, y, classes)")
 
 
+def require_alike(other: "ImageSet", data: "ImageSet", what: str) -> None:
+    """A one-line error unless ``other`` (``what``: test images, a reference) has ``data``'s image shape and class
+    list: a victim, or a check, measured against other images would give a number that means nothing."""
+    def names(c: list[str]) -> str:
+        return ", ".join(c[:5]) + (f" and {len(c) - 5} more" if len(c) > 5 else "")
+
+    if other.x.shape[1:] != data.x.shape[1:]:
+        raise UnlearnableError(f"{what} images are {shape_text(other.x)}, the set's {shape_text(data.x)}: they must "
+                               "have the same shape")
+    if list(other.classes) != list(data.classes):
+        raise UnlearnableError(f"{what} classes ({names(other.classes)}) are not the set's ({names(data.classes)}): "
+                               "they must be the same, in the same order")
+
+
 @dataclass
 class ImageSet:
     """Images as one uint8 array ``N x C x H x W``, int64 labels, class names, and where they came from.

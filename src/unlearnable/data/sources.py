@@ -47,6 +47,13 @@ def spec_path(spec: str) -> Path | None:
     return Path(arg).expanduser() if name in PATH_SOURCES and arg else None
 
 
+def absolute_spec(spec: str) -> str:
+    """``folder:x`` -> ``folder:/abs/x`` (and ``npz:`` likewise; links resolved), other specs as they are: one
+    spelling per data, for manifests and for comparing specs."""
+    path = spec_path(spec)
+    return f"{spec.partition(':')[0]}:{path.resolve()}" if path is not None else spec
+
+
 def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
     """``(train, test)`` for a dataset spec such as ``fashion-mnist`` or ``folder:/data/pets``."""
     name, _, arg = spec.partition(":")

@@ -205,7 +205,7 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
     names a budget (``{"norm": ..., "eps": ...}``) and is not a purified set's, every sample is checked against it
     first (without ``clean`` nothing is checked).
     """
-    from .sources import spec_path
+    from .sources import absolute_spec
 
     require_set(data, "the set to save")
     if clean is not None:
@@ -214,13 +214,11 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
             raise UnlearnableError(f"clean has {len(clean)} images of {shape_text(clean.x)}, the set to save "
                                    f"{len(data)} of {shape_text(data.x)}: clean must be the same images before")
     out = check_out_dir(out, overwrite)
-    path = spec_path(data.source)  # a folder or npz source, absolute: the set is read from other folders too
-    source = f"{data.source.partition(':')[0]}:{path.resolve()}" if path is not None else data.source
     manifest: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "unlearnable_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": source,
+        "source": absolute_spec(data.source),  # the set is read from other folders too
         "split": data.split,
         "classes": data.classes,
         "shape": list(data.x.shape),

@@ -321,6 +321,13 @@ def test_save_set_checks_its_clean_set_and_records_an_absolute_source(tmp_path, 
     save_set(sub.replace(source=""), "c")
     with pytest.raises(UnlearnableError, match="names no source dataset"):
         load("c")
+    save_set(train, "d")
+    manifest = tmp_path / "d" / "manifest.json"  # as older versions wrote it: right from this folder only
+    manifest.write_text(manifest.read_text().replace(str(tmp_path / "src.npz"), "src.npz"))
+    assert load("d")[0].source == "npz:src.npz"
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(UnlearnableError, match="relative path that does not exist from .*run from the folder"):
+        load(tmp_path / "d")
 
 
 def test_tiny_images_get_an_ssim_and_write_errors_name_the_users_path(tmp_path, monkeypatch):

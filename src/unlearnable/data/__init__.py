@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import UnlearnableError
 from .imageset import ImageSet, require_set, to_uint8
-from .sources import DATASETS, cache_dir, load_dataset
+from .sources import DATASETS, cache_dir, load_dataset, spec_path
 from .store import export_png, is_saved_set, load_set, read_manifest, save_set
 
 __all__ = ["ImageSet", "DATASETS", "load_dataset", "load", "load_set", "save_set", "export_png",
@@ -39,6 +39,10 @@ def _source(data: ImageSet) -> str:
     if not data.source:
         raise UnlearnableError("the set names no source dataset (saved from Python with an ImageSet whose source is "
                                "empty), so its clean images are unknown; give the ImageSet a source spec")
+    path = spec_path(data.source)
+    if path is not None and not path.is_absolute() and not path.exists():  # manifests before 2026-12-06
+        raise UnlearnableError(f"this set's source {data.source} is a relative path that does not exist from "
+                               f"{Path.cwd()}: run from the folder the set was made in")
     return data.source
 
 

@@ -139,6 +139,10 @@ def test_export_keeps_a_folder_sets_file_names(tmp_path, monkeypatch):
     assert len(set(paths)) == len(paths) and all(p.startswith("cat/") for p in paths)
     dog_a = every.provenance["file_names"].index("dog/a.png")
     assert paths[dog_a] == f"cat/a-{dog_a}.png", paths
+    x = np.zeros((4, 1, 2, 2), np.uint8)  # a.jpg -> a-1.png met the folder's own a-1.png: one image was lost
+    names = ["c/a-1.png", "c/a.jpg", "c/a.png", "c/A.PNG"]
+    paths = [str(p).lower() for p in png_paths(ImageSet(x, np.zeros(4), ["c"], provenance={"file_names": names}))]
+    assert len(set(paths)) == 4 and paths[0] == "c/a-1.png", paths
 
 
 def test_folder_bad_inputs(tmp_path):

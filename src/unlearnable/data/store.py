@@ -331,8 +331,9 @@ def png_paths(data: ImageSet) -> list[Path]:
 
     ``<class>/<index>.png``; for images read from a folder (``provenance["file_names"]``), each file's own path below
     its class folder with a ``.png`` suffix, so a released set keeps its file names. The class folder follows the
-    label, which an attack may have changed; a name that would then meet another (or ``a.jpg`` meeting ``a.png``)
-    gets ``-<index>`` appended to its stem.
+    label, which an attack may have changed; a name that would then meet another (or ``a.jpg`` meeting ``a.png``,
+    or ``A.png`` meeting ``a.png``: one file where case is ignored) gets ``-<index>`` appended to its stem, again
+    while that name is taken too.
     """
     names = data.provenance.get("file_names")
     by_label = class_folders(data.classes)
@@ -340,8 +341,19 @@ def png_paths(data: ImageSet) -> list[Path]:
     if names is None or len(names) != len(data):
         return [Path(f, f"{i:06d}.png") for i, f in enumerate(folders)]
     paths = [Path(f, *(Path(n).parts[1:] or [Path(n).name])).with_suffix(".png") for f, n in zip(folders, names)]
-    seen = Counter(paths)
-    return [p.with_stem(f"{p.stem}-{i}") if seen[p] > 1 else p for i, p in enumerate(paths)]
+    key = lambda p: str(p).lower()  # noqa: E731 - A.png and a.png are one file on macOS and Windows
+    seen = Counter(map(key, paths))
+    taken = {key(p) for p in paths if seen[key(p)] == 1}
+    out = []
+    for i, p in enumerate(paths):
+        if seen[key(p)] > 1:
+            stem = f"{p.stem}-{i}"
+            while key(p.with_stem(stem)) in taken:  # a.jpg's a-1.png meeting the folder's own a-1.png
+                stem = f"{stem}-{i}"
+            p = p.with_stem(stem)
+            taken.add(key(p))
+        out.append(p)
+    return out
 
 
 def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = False, progress=None) -> Path:

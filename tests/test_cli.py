@@ -406,6 +406,7 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     D-VAE: every stage runs, the table has one row per victim and says its setting, the sets and grid are saved."""
     from unlearnable import demo
     from unlearnable.data import load_set
+    from unlearnable.errors import UnlearnableError
     from unlearnable.training import TrainConfig
 
     monkeypatch.setattr(demo, "load", lambda spec: (small_train.take(300, seed=0), small_test.take(200, seed=0)))
@@ -421,6 +422,17 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     assert (tmp_path / "grid.png").stat().st_size > 1000
     poisoned = load_set(tmp_path / "poisoned")
     assert len(poisoned) == 300 and len(load_set(tmp_path / "purified-dvae")) == 300
+    demo.check_demo_out(tmp_path)  # a second run may replace an earlier demo's results ...
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(UnlearnableError, match="not empty; pass --overwrite"):  # ... not a folder of the user's
+        demo.check_demo_out(tmp_path / "mine")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnlearnableError, match="holds the current directory"):
+        demo.check_demo_out(Path("."), overwrite=True)
+    with pytest.raises(UnlearnableError, match="below one 8-bit level"):  # before the first victim, not after it
+        demo.run_demo(out=tmp_path / "new", eps=1 / 1000, cfg=TrainConfig(epochs=1))
+    assert not (tmp_path / "new").exists()
 
 
 def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monkeypatch):

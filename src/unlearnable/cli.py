@@ -333,13 +333,15 @@ def info(
 def demo(
     subset: int = typer.Option(10000, min=1, help="training images used (of 60,000)"),
     eps: str = typer.Option("32/255", help="attack budget (8/255 is weak on grey Fashion-MNIST)"),
-    out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its sets, table and images"),
+    out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its sets, table and images (an earlier "
+                             "demo's are replaced)"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out that holds something else"),
 ) -> None:
     """The embedded end-to-end run on Fashion-MNIST: poison, purify, train victims, print a table."""
     from .demo import run_demo
     from .params import parse_eps
 
-    run_demo(out=out, eps=parse_eps(eps), subset=subset)
+    run_demo(out=out, eps=parse_eps(eps), subset=subset, overwrite=overwrite)
 
 
 @app.command()

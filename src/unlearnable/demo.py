@@ -13,7 +13,7 @@ import numpy as np
 
 from .attacks import create_attack
 from .data import load, save_set
-from .data.store import budget_levels, json_text, write_atomic
+from .data.store import budget_levels, check_out_dir, json_text, write_atomic
 from .defenses import create_defense
 from .report import image_grid, magnify, markdown_table, subset_for_grid
 from .training import TrainConfig, train
@@ -40,12 +40,27 @@ def _options(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
+MARK = ".unlearnable-demo"  # in a folder the demo wrote: a later run may replace what it holds
+
+
+def check_demo_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that holds anything but an earlier demo's results (unless ``overwrite``), or the current
+    folder: the demo replaces its sets, table and grid there."""
+    out = Path(out)
+    check_out_dir(out, overwrite or (out / MARK).is_file())
+
+
 def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int | None = DEMO_SUBSET,
-             data: str = "fashion-mnist", cfg: TrainConfig | None = None) -> list[dict]:
+             data: str = "fashion-mnist", cfg: TrainConfig | None = None, overwrite: bool = False) -> list[dict]:
     t_start = time.perf_counter()
     cfg = cfg or TrainConfig(epochs=6)  # 10k images: more passes than the 60k recipe
     out = Path(out)
+    check_demo_out(out, overwrite)
+    name, opts = DEMO_ATTACK
+    attack = create_attack(name, eps=eps, **opts)  # bad settings fail here, not after the first victim
+    defenses = [(dname, create_defense(dname, **dopts)) for dname, dopts in DEMO_DEFENSES]
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).touch()
     clean, test = load(data)
     if subset:
         clean = clean.take(subset)
@@ -62,14 +77,13 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
         return r.test_acc
 
     victim("clean", clean)
-    name, opts = DEMO_ATTACK
     _say(f"[demo] crafting {name} at eps {eps * 255:.0f}/255 ...")
-    poisoned = create_attack(name, eps=eps, **opts).poison(clean)
+    poisoned = attack.poison(clean)
     save_set(poisoned, out / "poisoned", clean=clean, overwrite=True)
     victim(f"{name} ({eps * 255:.0f}/255)", poisoned)
-    for dname, dopts in DEMO_DEFENSES:
+    for dname, defense in defenses:
         _say(f"[demo] purifying with {dname} ...")
-        purified = create_defense(dname, **dopts).fit_transform(poisoned)
+        purified = defense.fit_transform(poisoned)
         save_set(purified, out / f"purified-{dname}", overwrite=True)
         victim(f"{name} + {dname}", purified)
 

@@ -162,6 +162,8 @@ def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     assert resumed.load_state()["round"] == 2  # ...the same parameters and data -> round 2
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
     assert not (tmp_path / "state.pt").exists()
+    (tmp_path / "state.pt").write_bytes(b"garbage")  # a damaged or foreign file: a fresh start, not a traceback
+    assert resumed.load_state() is None
 
 
 def test_rem_resumes_where_it_was_interrupted(tmp_path, data, crash):

@@ -140,7 +140,9 @@ def test_interrupted_training_resumes_as_if_never_stopped_and_only_on_its_own_da
     with pytest.raises(KeyboardInterrupt):
         train(data, None, net(), cfg, on_epoch=stop, state_path=state)
     assert state.is_file()
-    resumed = train(data, None, net(), cfg, state_path=state)
+    epochs = []
+    resumed = train(data, None, net(), cfg, state_path=state, on_epoch=lambda epoch, model: epochs.append(epoch))
+    assert epochs and 0 not in epochs  # resumed: epoch 0 was not trained again
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in expected.history]
     for a, b in zip(resumed.model.parameters(), expected.model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -149,3 +151,8 @@ def test_interrupted_training_resumes_as_if_never_stopped_and_only_on_its_own_da
         train(data, None, net(), cfg, on_epoch=stop, state_path=state)
     other = train(small_train.take(300, seed=5), None, net(), cfg, state_path=state)  # not this state's data
     assert len(other.history) == 3 and other.history[0]["train_loss"] != expected.history[0]["train_loss"]
+    for junk in (b"", b"garbage", b"PK\x03\x04trunc"):  # empty, foreign, a truncated zip: a fresh start, no traceback
+        state.write_bytes(junk)
+        assert len(train(data, None, net(), cfg, state_path=state).history) == 3
+    torch.save([1, 2], state)  # readable, but not a state
+    assert len(train(data, None, net(), cfg, state_path=state).history) == 3

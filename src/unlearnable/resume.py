@@ -47,10 +47,10 @@ class Resumable:
         """The state saved by an interrupted run with the same parameters and data, or None."""
         if not self.checkpoint or not Path(self.checkpoint).is_file():
             return None
-        import torch
-
-        saved = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        if {k: saved.get(k) for k in ("params", "data")} != self._state_tag():
+        saved = read_state(self.checkpoint)
+        if saved is None:
+            return None
+        if {k: saved.get(k) for k in ("params", "data")} != self._state_tag() or "state" not in saved:
             log.warning("%s: ignoring %s (made with other parameters or data)", self.name, self.checkpoint)
             return None
         log.info("%s: resuming from %s", self.name, self.checkpoint)
@@ -64,6 +64,35 @@ class Resumable:
     def clear_state(self) -> None:
         if self.checkpoint and Path(self.checkpoint).is_file():
             Path(self.checkpoint).unlink()
+
+
+def _numpy_globals() -> list:
+    """What a state's numpy arrays (the numpy generator's state) need from numpy to be unpickled."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    kinds = (np.bool_, np.uint8, np.int32, np.int64, np.uint32, np.uint64, np.float32, np.float64)
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """A state file's contents, or None (with a warning) when it cannot be one: truncated, empty, written by another
+    version, or not a state at all. Read with ``weights_only`` (tensors, numbers, strings, containers and numpy
+    arrays), so a file planted at a state's path cannot run code."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is ignored, never half-applied
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        log.warning("ignoring %s: not a state this version can read (%s)", path, reason)
+        return None
+    if not isinstance(saved, dict):
+        log.warning("ignoring %s: not a state this version can read", path)
+        return None
+    return saved
 
 
 def rng_state(gen: Any = None, device: Any = None) -> dict[str, Any]:

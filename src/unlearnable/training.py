@@ -33,7 +33,7 @@ from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
 from .models.classical import PixelClassifier
-from .resume import rng_state, set_rng_state
+from .resume import read_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,9 @@ def _resume(path: Path, key: dict[str, Any], trainer: Trainer, result: TrainResu
     """Load an interrupted run's state into ``trainer`` and ``result``; the number of finished epochs (0: none).
     The random state includes the global generators (dropout draws from them), so the run continues as if never
     stopped."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_state(path)
+    if state is None:
+        return 0
     if state.get("key") != key:
         log.warning("ignoring %s (saved by a run with another recipe, data or network)", path)
         return 0

@@ -99,6 +99,16 @@ def test_list_is_fast_and_lists():
     (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
     (["detect", "--data", "{tmp}", "--plot", "{tmp}/plot.jpg"], "give it a .png name"),
     (["info", "{tmp}", "--grid", "{tmp}/grid.jpg"], "give it a .png name"),
+    # detector options are checked before the data is read ({tmp}/missing: it never is)
+    (["detect", "--data", "{tmp}/missing", "--method", "nope"], "unknown detector"),
+    (["detect", "--data", "{tmp}/missing", "--set", "method=simple"], "not a detector option"),  # was a TypeError
+    (["detect", "--data", "{tmp}/missing", "--method", "simple", "--set", "keep_state=1"], "not a detector option"),
+    (["detect", "--data", "{tmp}/missing", "--method", "simple", "--set", "epochs=x"], "epochs"),
+    (["detect", "--data", "{tmp}/missing", "--set", "score=nope"], "unknown D-VAE score"),
+    (["detect", "--data", "{tmp}/missing", "--set", "threshold=abc"], "threshold must be a number"),
+    (["dvae-check", "--data", "{tmp}/missing", "--set", "model=cnn"], "not a D-VAE option"),  # was a TypeError
+    (["dvae-check", "--data", "{tmp}/missing", "--set", "dvae=1"], "not a D-VAE option"),  # an AttributeError
+    (["dvae-check", "--data", "{tmp}/missing", "--set", "widht=8"], "no parameter widht"),
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),

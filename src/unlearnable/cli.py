@@ -417,11 +417,13 @@ def detect(
     --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result;
     with --drop, save the set without them."""
     from .data import load
+    from .detect import check_options
     from .params import parse_sets
 
     options = parse_sets(set_)
     if method == "dvae":
         options.setdefault("preset", "fast")
+    check_options(method, options)
     defense = None
     if drop and purify_with is not None:
         raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
@@ -595,6 +597,12 @@ def dvae_check(
     MODELS.check(model)
     options = parse_sets(set_)
     options.setdefault("preset", "fast")
+    clash = sorted({"model", "train_cfg", "poisoned", "testset", "clean", "dvae", "checkpoint"} & set(options))
+    if clash:
+        raise UnlearnableError(f"{clash[0]} is not a D-VAE option (--set sets the D-VAE's; see --model, --epochs)")
+    from .detect import check_options
+
+    check_options("dvae", options)  # the D-VAE's options, before the data is loaded
     train, test = load(data)
     from .defenses.dvae import dvae_check as check
     from .training import TrainConfig

@@ -435,6 +435,41 @@ def flag(scores: np.ndarray, threshold: float | None = None) -> Detection:
     return Detection(scores, t, np.flatnonzero(scores > t))
 
 
+def _threshold(threshold: Any) -> float | None:
+    """A detection threshold: None, or a finite number (or its text, from ``--set``)."""
+    if threshold is None:
+        return None
+    try:
+        threshold = float(threshold)
+    except (TypeError, ValueError):
+        raise UnlearnableError(f"threshold must be a number, got {threshold!r}") from None
+    if not math.isfinite(threshold):
+        raise UnlearnableError(f"threshold must be a finite number, got {threshold}")
+    return threshold
+
+
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown detector or a bad option of it (``--set`` text included) before any data is loaded or
+    scored: :func:`detect` would refuse them only after its set check."""
+    if method not in DETECTORS:
+        raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
+    options = dict(options)
+    _threshold(options.pop("threshold", None))
+    clash = sorted({"method", "checkpoint", "keep_state", "dvae", "reference"} & set(options))
+    if clash:
+        raise UnlearnableError(f"{clash[0]} is not a detector option here (the command sets it)")
+    if method == "contrast":
+        typed_kwargs(contrast_detect, "the contrast detector", options)
+    elif method == "simple":
+        typed_kwargs(simple_scores, "the simple detector", options)
+    else:
+        from .params import build
+        from .defenses.dvae import DVAE
+
+        _check_score(options.pop("score", "residual"))
+        build(DVAE, "defense 'dvae'", {"skip": "s2", **options})
+
+
 def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None, checkpoint: str | None = None,
            keep_state: bool = False, **options: Any) -> Detection:
     """Score and flag the samples of ``data``: ``method`` ``"dvae"`` (``options`` go to :class:`DVAE`, or
@@ -443,13 +478,7 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     which trains for seconds and keeps no state) or ``"contrast"`` (``options`` go to :func:`contrast_detect` and
     must include ``reference``, trusted clean images; its threshold is calibrated on them, not Otsu's)."""
     require_set(data, "the set to score")
-    if threshold is not None:  # a number, or its text from --set
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise UnlearnableError(f"threshold must be a number, got {threshold!r}") from None
-        if not math.isfinite(threshold):
-            raise UnlearnableError(f"threshold must be a finite number, got {threshold}")
+    threshold = _threshold(threshold)
     if method not in DETECTORS:
         raise UnlearnableError(f"unknown detector {method!r}; known: {', '.join(DETECTORS)}")
     if len(data) == 0:

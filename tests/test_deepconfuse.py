@@ -1,6 +1,7 @@
 """DeepConfuse: contracts (budget, dtype, shape, determinism, errors), generator save/load, and effect on real data."""
 from __future__ import annotations
 
+import json
 from functools import partial
 from operator import itemgetter
 
@@ -183,6 +184,24 @@ def test_protect_and_load_reject_bad_input(tiny, tmp_path):
         load_generator(tmp_path / "junk.safetensors")
     with pytest.raises(UnlearnableError, match="not trained"):
         DeepConfuse().save_generator(tmp_path / "x.safetensors")
+    from safetensors.torch import load_file, save_file
+
+    path = attack.save_generator(tmp_path / "g.safetensors")
+    for config in ({**attack.generator_.config, "new_field": 1}, [1], {**attack.generator_.config, "width": 3}):
+        save_file(load_file(path), tmp_path / "edited.safetensors", {"unlearnable.generator": json.dumps(config)})
+        with pytest.raises(UnlearnableError, match="cannot rebuild"):  # were TypeError / RuntimeError tracebacks
+            load_generator(tmp_path / "edited.safetensors")
+
+
+def test_protect_warns_at_an_image_size_the_generator_never_saw(tiny, caplog):
+    attack, _ = tiny
+    with caplog.at_level("WARNING"):
+        out = protect(attack.generator_, np.zeros((2, 1, 20, 24), np.uint8))
+    assert out.shape == (2, 1, 20, 24) and "trained on 28x28 images, these are 20x24" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        protect(attack.generator_, np.zeros((2, 1, 28, 28), np.uint8))
+    assert "trained on" not in caplog.text
 
 
 @pytest.mark.parametrize("channels,size,asked,arch", [(1, 28, "auto", "ae"), (3, 32, "auto", "unet"),

@@ -198,8 +198,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Pert
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
         raise UnlearnableError(f"{path} is not a DeepConfuse generator file ({e})") from None
-    gen = PerturbationGenerator(**config)
-    gen.load_state_dict(state)
+    try:  # a config or weights from another version (or edited): other fields, other shapes
+        gen = PerturbationGenerator(**config)
+        gen.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UnlearnableError(f"{path} holds a generator this version cannot rebuild ({reason})") from None
     return gen.to(device).eval()
 
 
@@ -221,6 +225,10 @@ def protect(generator: PerturbationGenerator, images: np.ndarray, batch_size: in
     if images.shape[1] != channels:
         raise UnlearnableError(f"the generator was trained on {channels}-channel images, got {images.shape[1]}")
     check(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
+    side = generator.config["image_size"]
+    if images.shape[2:] != (side, side) and len(images):
+        log.warning("the generator was trained on %dx%d images, these are %dx%d: its effect at this size was never "
+                    "measured (train a victim on the result before relying on it)", side, side, *images.shape[2:])
     device = next(generator.parameters()).device
     fast = _inference_copy(generator)
     layout = torch.contiguous_format

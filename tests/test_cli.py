@@ -385,6 +385,10 @@ def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     assert "would overwrite the input" in one_line_error(run("export", str(out), "--out", str(out), "--overwrite"))
     assert "give ratio as --ratio" in one_line_error(run("poison", "--attack", "random-noise", "--set", "ratio=0.2",
                                                          "--out", str(tmp_path / "r")))
+    gen = out / "generator.safetensors"  # an edited generator (any budget) in the set: the manifest's hash says so
+    gen.write_bytes(gen.read_bytes()[:-4] + b"\0\0\0\0")
+    assert "does not match the SHA-256" in one_line_error(run("protect", "--generator", str(out), "--data",
+                                                              f"folder:{tmp_path / 'f'}", "--out", str(tmp_path / "t")))
 
 
 def test_outputs_never_land_in_a_saved_sets_source_and_json_is_strict(tmp_path, small_train):

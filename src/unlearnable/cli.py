@@ -366,7 +366,7 @@ def protect(
     from .data.sources import unsplit
     from .training import resolve_device
 
-    gen = load_generator(generator / "generator.safetensors" if generator.is_dir() else generator, resolve_device())
+    gen = load_generator(_generator_file(generator), resolve_device())
     train, test = load(data)
     _refuse_poisoned(train, data)
     folder = data.startswith("folder:")  # a saved set made from a folder is protected as the set it is
@@ -387,6 +387,20 @@ def protect(
     held = f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
     unchanged = _unchanged_note(protected["train"], parts["train"])
     _say(f"protected {n} images -> {out}{held if carved and not png else ''}{unchanged}")
+
+
+def _generator_file(generator: Path) -> Path:
+    """``--generator``: the file itself, or a saved set's ``generator.safetensors``, checked against the SHA-256 its
+    manifest records (an edited generator could have any budget)."""
+    from .data.store import is_saved_set, read_manifest, verify_hashes
+
+    if not generator.is_dir():
+        return generator
+    path = generator / "generator.safetensors"
+    digest = read_manifest(generator)["sha256"].get(path.name) if is_saved_set(generator) else None
+    if digest is not None:
+        verify_hashes(generator, {"sha256": {path.name: digest}})
+    return path
 
 
 @app.command()

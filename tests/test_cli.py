@@ -490,3 +490,13 @@ def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monk
     exported = sorted(p.relative_to(tmp_path / "png") for p in (tmp_path / "png").rglob("*.png"))
     assert sorted(str(p.relative_to(p.parts[0])) for p in exported) == written  # every file under its own name
     assert [p.parts[0] for p in exported].count("test") == 2
+    for p in g.parameters():  # a generator whose output is zero: every image comes out as it went in
+        p.data.zero_()
+    save_generator(g, tmp_path / "zero.safetensors")
+    for split in ("train", "test"):
+        for c in ("coats", "shoes"):
+            (tmp_path / "tt" / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "tt" / split / c / "a.png")
+    err = run("protect", "-g", str(tmp_path / "zero.safetensors"), "--data", f"folder:{tmp_path / 'tt'}", "--png",
+              "--out", str(tmp_path / "z"), check_rc=0).stderr
+    assert "warning: 4 of the 4 images it changed are identical" in err, err  # the test split counted too

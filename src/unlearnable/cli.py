@@ -175,19 +175,20 @@ def _refuse_poisoned(data, spec: str) -> None:
                                "or export it as a folder to treat its images as new ones")
 
 
-def _unchanged_note(saved, clean) -> str:
+def _unchanged_note(pairs) -> str:
     """A warning when 8-bit rounding left images ``protect`` meant to change identical to their input (an attack's
-    ``poison`` leaves them out of its record and says so itself)."""
+    ``poison`` leaves them out of its record and says so itself); ``pairs``: (protected, input) sets."""
     import numpy as np
 
-    changed = np.asarray(saved.provenance.get("changed", np.arange(len(saved))), dtype=np.int64)
-    if not len(changed):
-        return ""
-    x, x0 = np.asarray(saved.x)[changed], np.asarray(clean.x)[changed]
-    same = int(np.all(x.reshape(len(x), -1) == x0.reshape(len(x0), -1), axis=1).sum())
+    same = total = 0
+    for saved, clean in pairs:
+        changed = np.asarray(saved.provenance.get("changed", np.arange(len(saved))), dtype=np.int64)
+        x, x0 = np.asarray(saved.x)[changed], np.asarray(clean.x)[changed]
+        same += int(np.all(x.reshape(len(x), -1) == x0.reshape(len(x0), -1), axis=1).sum())
+        total += len(changed)
     if not same:
         return ""
-    return (f"; warning: {same} of the {len(changed)} images it changed are identical to their input after 8-bit "
+    return (f"; warning: {same} of the {total} images it changed are identical to their input after 8-bit "
             "rounding (a perturbation under half a level)")
 
 
@@ -385,7 +386,7 @@ def protect(
     else:
         save_set(protected["train"], out, clean=train, overwrite=overwrite)
     held = f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
-    unchanged = _unchanged_note(protected["train"], parts["train"])
+    unchanged = _unchanged_note((protected[split], parts[split]) for split in protected)
     _say(f"protected {n} images -> {out}{held if carved and not png else ''}{unchanged}")
 
 

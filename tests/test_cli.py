@@ -93,6 +93,7 @@ def test_list_is_fast_and_lists():
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
     (["detect", "--data", "{tmp}", "--drop"], "--out"),
+    (["detect", "--data", "{tmp}", "--purify-set", "quality=5"], "give --purify DEFENSE too"),  # was ignored
     (["detect", "--data", "{tmp}", "--out", "{tmp}/o"], "--purify or --drop"),
     (["detect", "--data", "{tmp}", "--drop", "--purify", "bdr", "--out", "{tmp}/o"], "exclude each other"),
     (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),

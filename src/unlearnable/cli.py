@@ -442,6 +442,8 @@ def detect(
     defense = None
     if drop and purify_with is not None:
         raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
+    if purify_set and purify_with is None:
+        raise UnlearnableError("--purify-set sets an option of the --purify defense: give --purify DEFENSE too")
     if out is not None and not drop and purify_with is None:
         raise UnlearnableError("--out is where --purify or --drop writes its set: give one of them, or leave --out out")
     if drop:

@@ -110,6 +110,7 @@ def test_list_is_fast_and_lists():
     (["dvae-check", "--data", "{tmp}/missing", "--set", "model=cnn"], "not a D-VAE option"),  # was a TypeError
     (["dvae-check", "--data", "{tmp}/missing", "--set", "dvae=1"], "not a D-VAE option"),  # an AttributeError
     (["dvae-check", "--data", "{tmp}/missing", "--set", "widht=8"], "no parameter widht"),
+    (["dvae-check", "--data", "fashion-mnist"], "not a poisoned set"),  # ran on clean images
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),

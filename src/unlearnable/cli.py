@@ -621,6 +621,9 @@ def dvae_check(
 
     check_options("dvae", options)  # the D-VAE's options, before the data is loaded
     train, test = load(data)
+    if not train.provenance.get("method"):  # clean + p_hat of clean images: a number that means nothing
+        raise UnlearnableError(f"{data} is not a poisoned set: dvae-check takes a set saved by `unlearnable poison` "
+                               "(it adds the D-VAE's perturbation estimate to the set's clean images)")
     from .defenses.dvae import dvae_check as check
     from .training import TrainConfig
 

@@ -334,6 +334,7 @@ def info(
 def demo(
     subset: int = typer.Option(10000, min=1, help="training images used (of 60,000)"),
     eps: str = typer.Option("32/255", help="attack budget (8/255 is weak on grey Fashion-MNIST)"),
+    eps_unit: str = typer.Option("unit", help="unit of --eps: 'unit' ([0, 1] scale) or 'levels' (0..255)"),
     out: Path = typer.Option(Path("runs/demo"), help="where the demo writes its sets, table and images (an earlier "
                              "demo's are replaced)"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out that holds something else"),
@@ -342,7 +343,7 @@ def demo(
     from .demo import run_demo
     from .params import parse_eps
 
-    run_demo(out=out, eps=parse_eps(eps), subset=subset, overwrite=overwrite)
+    run_demo(out=out, eps=parse_eps(eps, eps_unit), subset=subset, overwrite=overwrite)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import numpy as np
 
 from .attacks import create_attack
 from .data import load, save_set
-from .data.store import budget_levels, check_out_dir, json_text, write_atomic
+from .data.store import atomic_dir, budget_levels, check_out_dir, json_text
 from .defenses import create_defense
 from .report import image_grid, magnify, markdown_table, subset_for_grid
 from .training import TrainConfig, train
@@ -59,12 +59,11 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
     name, opts = DEMO_ATTACK
     attack = create_attack(name, eps=eps, **opts)  # bad settings fail here, not after the first victim
     defenses = [(dname, create_defense(dname, **dopts)) for dname, dopts in DEMO_DEFENSES]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARK).touch()
     clean, test = load(data)
     if subset:
         clean = clean.take(subset)
-    _say(f"[demo] {data}: {len(clean)} training images, {len(test)} clean test images; budget L-inf {eps * 255:.0f}/255")
+    _say(f"[demo] {data}: {len(clean)} training images, {len(test)} clean test images; budget L-inf "
+         f"{eps * 255:.0f}/255")
     rows = []
     model, kwargs = DEMO_VICTIM
 
@@ -76,29 +75,32 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
         _say(f"[demo]   clean test accuracy {r.test_acc:.2%} (peak {r.peak_test_acc:.2%})")
         return r.test_acc
 
-    victim("clean", clean)
-    _say(f"[demo] crafting {name} at eps {eps * 255:.0f}/255 ...")
-    poisoned = attack.poison(clean)
-    save_set(poisoned, out / "poisoned", clean=clean, overwrite=True)
-    victim(f"{name} ({eps * 255:.0f}/255)", poisoned)
-    for dname, defense in defenses:
-        _say(f"[demo] purifying with {dname} ...")
-        purified = defense.fit_transform(poisoned)
-        save_set(purified, out / f"purified-{dname}", overwrite=True)
-        victim(f"{name} + {dname}", purified)
+    with atomic_dir(out) as tmp:  # all or nothing: an error or Ctrl-C leaves the earlier result, or none
+        (tmp / MARK).touch()
+        victim("clean", clean)
+        _say(f"[demo] crafting {name} at eps {eps * 255:.0f}/255 ...")
+        poisoned = attack.poison(clean)
+        save_set(poisoned, tmp / "poisoned", clean=clean)
+        victim(f"{name} ({eps * 255:.0f}/255)", poisoned)
+        for dname, defense in defenses:
+            _say(f"[demo] purifying with {dname} ...")
+            purified = defense.fit_transform(poisoned)
+            save_set(purified, tmp / f"purified-{dname}")
+            victim(f"{name} + {dname}", purified)
 
-    idx = subset_for_grid(clean)
-    delta = poisoned.x[idx].astype(np.int16) - clean.x[idx]
-    grid = image_grid([("clean", clean.x[idx]), ("poisoned", poisoned.x[idx]), (f"purified ({dname})", purified.x[idx]),
-                       ("perturbation", magnify(delta, budget_levels(eps)))],
-                      out / "grid.png", clean.classes, clean.y[idx])
-    table = markdown_table(["training data", "clean test acc", "peak", "train s"],
-                           [(r["training data"], f"{r['test_acc']:.2%}", f"{r['peak_test_acc']:.2%}",
-                             r["train_seconds"]) for r in rows])
-    setting = (f"{len(clean)} training images ({data}); attack {name} ({_options(opts)}) at L-inf {eps * 255:.0f}/255; "
-               f"victim {model} ({_options(kwargs)}), {cfg.epochs} epochs; accuracy on {len(test)} clean test images")
-    write_atomic(out / "results.md", lambda tmp: tmp.write_text(setting + "\n\n" + table + "\n"))
-    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json_text(rows, indent=1)))
+        idx = subset_for_grid(clean)
+        delta = poisoned.x[idx].astype(np.int16) - clean.x[idx]
+        rows_shown = [("clean", clean.x[idx]), ("poisoned", poisoned.x[idx]),
+                      (f"purified ({dname})", purified.x[idx]), ("perturbation", magnify(delta, budget_levels(eps)))]
+        image_grid(rows_shown, tmp / "grid.png", clean.classes, clean.y[idx])
+        table = markdown_table(["training data", "clean test acc", "peak", "train s"],
+                               [(r["training data"], f"{r['test_acc']:.2%}", f"{r['peak_test_acc']:.2%}",
+                                 r["train_seconds"]) for r in rows])
+        setting = (f"{len(clean)} training images ({data}); attack {name} ({_options(opts)}) at L-inf "
+                   f"{eps * 255:.0f}/255; victim {model} ({_options(kwargs)}), {cfg.epochs} epochs; accuracy on "
+                   f"{len(test)} clean test images")
+        (tmp / "results.md").write_text(setting + "\n\n" + table + "\n")
+        (tmp / "results.json").write_text(json_text(rows, indent=1))
     print(table)
-    _say(f"[demo] done in {time.perf_counter() - t_start:.0f} s; table {out / 'results.md'}, images {grid}")
+    _say(f"[demo] done in {time.perf_counter() - t_start:.0f} s; table {out / 'results.md'}, images {out / 'grid.png'}")
     return rows

@@ -47,7 +47,8 @@ def list_(kind: str = typer.Argument(..., help="attacks, defenses, models or dat
 
 #: What a method runs without the CPU preset: its defaults are its paper's, except the surrogate attacks' network
 PRESET_HELP = ("preset=none: the method's defaults, the paper's settings except that em, rem, tap and sep craft "
-               "against the small cnn; preset=paper: theirs")
+               "against the small cnn; preset=paper: theirs; deepconfuse's preset=smoke: seconds, no attack")
+PURIFY_PRESET_HELP = "preset=none: the defense's defaults (its paper's and official code's settings)"
 
 
 def _cpu_preset(options: dict, cls: type, name: str) -> None:
@@ -199,7 +200,7 @@ def purify(
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the purified set to"),
     seed: int = typer.Option(0, min=0, help="random seed"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="defense parameter key=value (repeatable); on a "
-                                             f"CPU preset=fast unless given ({PRESET_HELP})"),
+                                             f"CPU preset=fast unless given ({PURIFY_PRESET_HELP})"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
     """Fit a purifier on a (possibly poisoned) training set and save the purified set."""
@@ -306,6 +307,7 @@ def export(
     carved = (f"; {out / 'test'} holds the {len(test)} images of the source that its seeded split keeps out, "
               f"clean" if test.provenance.get("carved") else "")
     _say(f"wrote {len(train)} + {len(test)} PNG files under {out}{carved}")
+    _say_renamed({"train": train, "test": test})
     folders = class_folders(train.classes)
     renamed = [f"{c!r} -> {f}" for c, f in zip(train.classes, folders) if c != f]
     if renamed:
@@ -389,6 +391,18 @@ def protect(
     held = f" (the {len(test)} images of its test split are not in a saved set; --png protects all)"
     unchanged = _unchanged_note((protected[split], parts[split]) for split in protected)
     _say(f"protected {n} images -> {out}{held if carved and not png else ''}{unchanged}")
+    if png:
+        _say_renamed(protected)
+
+
+def _say_renamed(parts: dict) -> None:
+    """Name the files an exported tree could not keep under their own names (clashes: a.jpg beside a.png)."""
+    from .data.store import renamed_files
+
+    renamed = [(split, name, new) for split, part in parts.items() for name, new in renamed_files(part)]
+    if renamed:
+        shown = ", ".join(f"{split}/{name} -> {split}/{new}" for split, name, new in renamed[:5])
+        _say(f"{len(renamed)} files renamed where their names would meet: {shown}{' ...' if len(renamed) > 5 else ''}")
 
 
 def _generator_file(generator: Path) -> Path:

@@ -343,10 +343,13 @@ def png_paths(data: ImageSet) -> list[Path]:
     paths = [Path(f, *(Path(n).parts[1:] or [Path(n).name])).with_suffix(".png") for f, n in zip(folders, names)]
     key = lambda p: str(p).lower()  # noqa: E731 - A.png and a.png are one file on macOS and Windows
     seen = Counter(map(key, paths))
-    taken = {key(p) for p in paths if seen[key(p)] == 1}
+    # a name kept as it is: unique ones, and of a clash the file that already bears it (a.png, not a.jpg or A.png)
+    exact = {key(p): i for i, (p, n) in enumerate(zip(paths, names))
+             if seen[key(p)] > 1 and Path(n) == p}
+    taken = {key(p) for p in paths if seen[key(p)] == 1} | set(exact)
     out = []
     for i, p in enumerate(paths):
-        if seen[key(p)] > 1:
+        if seen[key(p)] > 1 and exact.get(key(p)) != i:
             stem = f"{p.stem}-{i}"
             while key(p.with_stem(stem)) in taken:  # a.jpg's a-1.png meeting the folder's own a-1.png
                 stem = f"{stem}-{i}"
@@ -354,6 +357,15 @@ def png_paths(data: ImageSet) -> list[Path]:
             taken.add(key(p))
         out.append(p)
     return out
+
+
+def renamed_files(data: ImageSet) -> list[tuple[str, str]]:
+    """``(file name, exported name)`` of each file of a folder's set whose name :func:`png_paths` had to change
+    beyond the ``.png`` suffix (and a class folder an attack's label change moved it to): the clashes."""
+    names = data.provenance.get("file_names")
+    if names is None or len(names) != len(data):
+        return []
+    return [(n, str(p)) for n, p in zip(names, png_paths(data)) if Path(n).with_suffix(".png").name != p.name]
 
 
 def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = False, progress=None) -> Path:

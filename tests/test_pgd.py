@@ -51,6 +51,21 @@ def test_classwise_variable_is_shared_per_group():
     assert delta.shape == (4, 3, 8, 8) and delta.abs().max() <= 8 / 255 + 1e-7 and delta.abs().sum() > 0
 
 
+def test_class_wise_update_is_the_official_one():
+    """Each sample steps from the clamped image, the class delta becomes the mean of the results (official
+    ``min_min_attack`` + ``universal_perturbation``): at a black pixel with the class delta at -8/255, a step asking
+    for darker gives -0.8/255 (an update that averaged the signed steps instead kept -8/255); absent classes keep
+    their delta."""
+    x = torch.zeros(2, 1, 2, 2)
+    x[1, 0, 0, 0] = 0.5  # one mid-grey pixel: there the step moves the delta itself
+    delta = torch.full((3, 1, 2, 2), -8 / 255)
+    out = PGD(eps=8 / 255, step_size=0.8 / 255, steps=1).run(lambda xa: xa.sum(), x, delta, torch.tensor([0, 0]))
+    expected = torch.full((1, 2, 2), -0.8 / 255)
+    expected[0, 0, 0] = (-0.8 / 255 - 8 / 255) / 2  # black in one sample, clipped at -8/255 in the other
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1:], delta[1:])  # no sample of classes 1 and 2 in the batch
+
+
 def test_eot_with_augmentation_runs():
     model, x, y = _model(), torch.rand(4, 3, 8, 8), torch.randint(0, 4, (4,))
     loss = cross_entropy_loss(model, y, differentiable_augment(8, pad=1))

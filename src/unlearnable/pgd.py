@@ -8,10 +8,14 @@ maximise) any loss of the perturbed images ``clamp(x + delta, 0, 1)``:
   maximisations (REM) are just different closures;
 * ``eot`` repeats the loss with fresh random augmentation and sums the gradients (expectation over
   transformations); :func:`differentiable_augment` builds the kornia crop + flip used for it;
-* ``groups`` makes the variable class-wise: one delta per group (e.g. per label), every sample of a group stepping
-  it by the mean of their signed per-sample steps, which is what the official class-wise EM update amounts to
-  (HanxunH/Unlearnable-Examples, ``perturbation.py``: each class noise becomes the mean of its samples' updated
-  noise after one signed step).
+* ``groups`` makes the variable class-wise: one delta per group (e.g. per label). As in the official class-wise EM
+  update (HanxunH/Unlearnable-Examples, ``perturbation.py`` ``universal_perturbation`` with ``toolbox.py``
+  ``min_min_attack``), each sample of the batch starts from its group's delta, takes ``steps`` signed steps of its
+  own (the image clamped to [0, 1] before each gradient, the step then clipped to the eps-ball around the clean
+  image), and each group's delta becomes the mean of its samples' results, clipped to the ball; groups absent from
+  the batch keep theirs. The clamp matters: where ``x + delta`` leaves [0, 1] (the black half of a Fashion-MNIST
+  image) a sample's result starts from the clamped image, so a class delta is not pushed further into values that
+  no image shows.
 """
 from __future__ import annotations
 
@@ -67,20 +71,34 @@ class PGD:
                 raise UnlearnableError("class-wise PGD needs the starting class perturbations")
             delta = self.init(tuple(x.shape), x.device, generator)
         delta = delta.detach().clone()
+        if groups is not None:
+            return self._run_grouped(loss_fn, x, delta, groups)
         sign = 1.0 if self.maximize else -1.0
         for _ in range(self.steps):
-            per_sample = delta[groups] if groups is not None else delta
-            # The gradient is taken at the perturbed image, not through the clamp: torch's clamp passes no gradient
-            # at 0 or 1, so a delta differentiated through it can never move a black or white pixel (half of every
-            # Fashion-MNIST image). The official EM code differentiates at the clamped image too.
-            x_adv = (x + per_sample).clamp(0, 1).detach().requires_grad_(True)
-            loss = sum(loss_fn(x_adv) for _ in range(self.eot))
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            step = self._direction(grad)
-            if groups is not None:
-                step = _group_mean(step, groups, len(delta))
-            delta = self.project(delta + sign * self.step_size * step, None if groups is not None else x)
+            delta = self.project(delta + sign * self.step_size * self._gradient_direction(loss_fn, x + delta), x)
         return delta.detach()
+
+    def _gradient_direction(self, loss_fn: LossFn, x_adv: torch.Tensor) -> torch.Tensor:
+        # The gradient is taken at the perturbed image, not through the clamp: torch's clamp passes no gradient at
+        # 0 or 1, so a delta differentiated through it could never move a black or white pixel (half of every
+        # Fashion-MNIST image). The official EM code differentiates at the clamped image too.
+        x_adv = x_adv.clamp(0, 1).detach().requires_grad_(True)
+        loss = sum(loss_fn(x_adv) for _ in range(self.eot))
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        return self._direction(grad)
+
+    def _run_grouped(self, loss_fn: LossFn, x: torch.Tensor, delta: torch.Tensor,
+                     groups: torch.Tensor) -> torch.Tensor:
+        """One delta per group: per-sample steps from the group's delta, then each group's mean (module docstring)."""
+        sign = 1.0 if self.maximize else -1.0
+        per_sample = delta[groups]
+        for _ in range(self.steps):
+            start = (x + per_sample).clamp(0, 1) - x  # official: perturb_img = clamp(images + eta, 0, 1)
+            step = self._gradient_direction(loss_fn, x + start)
+            per_sample = self.project(start + sign * self.step_size * step)  # eta = clip(perturb_img + step - x)
+        total = torch.zeros_like(delta).index_add_(0, groups, per_sample)
+        count = torch.bincount(groups, minlength=len(delta)).view(-1, *([1] * (delta.dim() - 1)))
+        return self.project(torch.where(count > 0, total / count.clamp_min(1), delta)).detach()
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
@@ -103,13 +121,6 @@ class PGD:
         n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         factor = torch.minimum(torch.ones_like(n), radius / n)
         return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
-
-
-def _group_mean(step: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    total = torch.zeros((num_groups, *step.shape[1:]), device=step.device, dtype=step.dtype)
-    total.index_add_(0, groups, step)
-    count = torch.bincount(groups, minlength=num_groups).clamp_min(1).to(step.dtype)
-    return total / count.view(-1, *([1] * (step.dim() - 1)))
 
 
 def differentiable_augment(image_size: int | tuple[int, int], flip: bool = True, pad: int = 4) -> nn.Module:

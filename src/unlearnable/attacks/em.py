@@ -29,8 +29,10 @@ class EM(Attack):
     (``steps`` signed steps of ``step_size``, warm-started from the stored noise); stop when the surrogate's error on
     ``x + delta`` falls below ``stop_error``.
 
-    ``mode="sample"``: one delta per image. ``mode="class"``: one delta per class; each batch moves a class's delta by
-    the mean of its samples' signed steps (the official ``universal_perturbation`` update).
+    ``mode="sample"``: one delta per image. ``mode="class"``: one delta per class; in each batch every sample steps
+    from its class's delta (its image clamped to [0, 1]) and the class's delta becomes the mean of the results (the
+    official ``universal_perturbation`` update; :mod:`unlearnable.pgd`, ``groups``; until 2026-12-06 the mean of the
+    signed steps was added instead, which let a class delta sink into values no black pixel shows).
 
     Defaults and where they come from (official ``scripts/cifar10/min-min-noise/*/exp_setting.sh``,
     ``perturbation.py``, ``configs/cifar10/resnet18.yaml``): eps 8/255; step 0.8/255 (= eps/10, kept as that ratio
@@ -136,7 +138,9 @@ class EM(Attack):
                         self.max_rounds, error, stop)
         self.rounds_, self.final_error_ = rounds, error
         idx_t = torch.as_tensor(index, device=device)
-        d = delta[y_all[idx_t]] if self.classwise else delta[idx_t]
+        # class-wise: the class delta in whole 8-bit levels, so that every sample of a class carries the same one
+        # (rounding x + delta instead put a delta near half a level one level up or down, image by image)
+        d = (delta * 255).round()[y_all[idx_t]] / 255 if self.classwise else delta[idx_t]
         out = (x_all[idx_t] + d).clamp(0, 1)
         self.finish_state()
         return out, data.y[index]

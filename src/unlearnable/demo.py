@@ -60,7 +60,9 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
     attack = create_attack(name, eps=eps, **opts)  # bad settings fail here, not after the first victim
     defenses = [(dname, create_defense(dname, **dopts)) for dname, dopts in DEMO_DEFENSES]
     clean, test = load(data)
-    if subset:
+    if subset and subset >= len(clean):
+        _say(f"[demo] --subset {subset}: {data} has {len(clean)} training images, all used")
+    elif subset:
         clean = clean.take(subset)
     _say(f"[demo] {data}: {len(clean)} training images, {len(test)} clean test images; budget L-inf "
          f"{eps * 255:.0f}/255")

@@ -510,3 +510,14 @@ def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monk
     assert "1 files renamed where their names would meet: train/coats/a.jpg -> train/coats/a-" in err, err
     kept, own = (np.asarray(Image.open(d / "train" / "coats" / "a.png")) for d in (tmp_path / "z", tmp_path / "tt"))
     assert np.array_equal(kept, own)  # a.png keeps its own name (the zero generator changed no pixel)
+
+
+def test_dvae_check_warns_when_its_p_hat_is_no_perturbation(tmp_path, monkeypatch):
+    """A degenerate D-VAE fit (tiny settings) gave p_hat RMS 280 levels of 255, reported as a measurement."""
+    from unlearnable.defenses import dvae
+
+    run("poison", "--attack", "random-noise", "--subset", "100", "--out", str(tmp_path / "p"), check_rc=0)
+    for rms, warned in ((1.1, True), (0.05, False)):
+        monkeypatch.setattr(dvae, "dvae_check", lambda *a, rms=rms, **k: {"test_acc": 0.5, "p_rms": rms})
+        p = run("dvae-check", "--data", str(tmp_path / "p"), check_rc=0)
+        assert ("the D-VAE fit degenerated" in p.stderr) == warned, p.stderr

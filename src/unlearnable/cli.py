@@ -647,6 +647,9 @@ def dvae_check(
                 **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat RMS {res['p_rms'] * 255:.1f} levels of 255)")
+    if res["p_rms"] > 0.5:  # half the pixel range, RMS: no poison is near that size (64/255 class-wise is <= 0.25)
+        _say(f"warning: p_hat (RMS {res['p_rms'] * 255:.0f} levels) is far larger than any poison: the D-VAE fit "
+             "degenerated (too few epochs or too narrow?), so this accuracy says nothing about the poison")
 
 
 def _resumable(job, state: str) -> None:

@@ -439,6 +439,8 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     poisoned = load_set(tmp_path / "poisoned")
     assert len(poisoned) == 300 and len(load_set(tmp_path / "purified-dvae")) == 300
     demo.check_demo_out(tmp_path)  # a second run may replace an earlier demo's results ...
+    (tmp_path / demo.MARK).unlink()
+    demo.check_demo_out(tmp_path)  # ... those of a version before the mark too ...
     monkeypatch.setattr(demo, "DEMO_DEFENSES", (("dvae", {"batch_size": 1000}),))  # fails after two victims
     with pytest.raises(UnlearnableError, match="fewer than one batch"):
         demo.run_demo(out=tmp_path, eps=32 / 255, subset=None, cfg=TrainConfig(epochs=1))

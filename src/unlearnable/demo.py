@@ -47,7 +47,9 @@ def check_demo_out(out: Path, overwrite: bool = False) -> None:
     """Refuse an ``out`` that holds anything but an earlier demo's results (unless ``overwrite``), or the current
     folder: the demo replaces its sets, table and grid there."""
     out = Path(out)
-    check_out_dir(out, overwrite or (out / MARK).is_file())
+    earlier = (out / MARK).is_file() or (  # or one written before the mark existed (2026-12-06)
+        (out / "results.md").is_file() and (out / "poisoned" / "manifest.json").is_file())
+    check_out_dir(out, overwrite or earlier)
 
 
 def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int | None = DEMO_SUBSET,

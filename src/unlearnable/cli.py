@@ -181,11 +181,12 @@ def _unchanged_note(pairs) -> str:
     ``poison`` leaves them out of its record and says so itself); ``pairs``: (protected, input) sets."""
     import numpy as np
 
+    from .data.imageset import images_differ
+
     same = total = 0
     for saved, clean in pairs:
         changed = np.asarray(saved.provenance.get("changed", np.arange(len(saved))), dtype=np.int64)
-        x, x0 = np.asarray(saved.x)[changed], np.asarray(clean.x)[changed]
-        same += int(np.all(x.reshape(len(x), -1) == x0.reshape(len(x0), -1), axis=1).sum())
+        same += int((~images_differ(np.asarray(saved.x)[changed], np.asarray(clean.x)[changed])).sum())
         total += len(changed)
     if not same:
         return ""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .data import ImageSet, clean_counterpart, load_set
+from .data.imageset import images_differ
 from .data.store import write_atomic
 from .errors import UnlearnableError
 
@@ -61,7 +62,7 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
         lines.append(f"vs clean:   unavailable ({e})")
         return "\n".join(lines)
     x = np.asarray(data.x)
-    differs = (x != clean.x).reshape(len(x), -1).any(1)
+    differs = images_differ(x, clean.x)
     changed = np.flatnonzero(differs)
     lines.append(f"differs:    {len(changed)} images differ from the clean split; "
                  f"{int((data.y != clean.y).sum())} labels differ")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import ImageSet, require_set, seeded_fraction
+from ..data.imageset import images_differ
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
 from ..params import check, check_choice, prepare
@@ -82,7 +83,7 @@ class Attack(Resumable):
         y[index] = np.asarray(labels, dtype=np.int64)
         # what the attack really changed: a perturbation that rounds to nothing poisons nothing (detection metrics
         # and partial poisoning read this record)
-        moved = (x[index] != data.x[index]).reshape(len(index), -1).any(1) | (y[index] != data.y[index])
+        moved = images_differ(x[index], data.x[index]) | (y[index] != data.y[index])
         if not moved.all():
             log.warning("%s: %d of the %d samples chosen came out unchanged (their perturbation rounds to zero at "
                         "8 bits); the record lists the %d changed", self.name, int((~moved).sum()), len(index),

@@ -21,6 +21,11 @@ def shape_text(x: np.ndarray) -> str:
     return "x".join(map(str, x.shape[1:]))
 
 
+def images_differ(x: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """One bool per image: does ``x[i]`` differ from ``other[i]`` in any pixel (arrays ``N x C x H x W``)."""
+    return (np.asarray(x) != np.asarray(other)).reshape(len(x), -1).any(1)
+
+
 def require_set(obj: Any, what: str = "data") -> None:
     """A one-line error when the API is handed something other than an :class:`ImageSet` (an array, a tuple from
     ``load``...), instead of an AttributeError deep inside a method."""

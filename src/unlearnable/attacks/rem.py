@@ -34,7 +34,9 @@ class REM(Attack):
     each draw with its own inner ``adv_steps``-step PGD ascent; the inner offset is held fixed when differentiating,
     as the official ``RobustMinimaxPGDDefender`` does), then takes one SGD step of f on the adversarial examples of
     the augmented poisoned batch. After training, the noise of the whole set is crafted again with the final
-    surrogate; that is the released noise (the official ``regenerate_def_noise``).
+    surrogate; that is the released noise (the official ``regenerate_def_noise``). With ``ratio`` < 1 the alternation
+    still runs over the whole set (the official crafts noise for every image; a fraction of them is used) and only
+    the chosen samples' noise is regenerated and kept.
 
     Defaults and where they come from (official ``scripts/cifar10/gen_rem.sh``; METHODS.md): eps 8/255, 10 steps
     of 1.6/255 (= 2 eps / steps, the rule kept when eps or the steps change, so that fewer steps still cross the
@@ -107,7 +109,9 @@ class REM(Attack):
         idx_t = torch.as_tensor(index, device=device)
         delta = torch.zeros((len(index), *x_all.shape[1:]), device=device)
         step, done = 0, 0
-        batches = _Batches(len(index), self.batch_size, gen, device)
+        # the alternation runs over the whole set, as the official crafts noise for every image and a fraction is
+        # used later: with ratio < 1 the surrogate still sees every image (until 2026-12-06 it saw the chosen ones)
+        batches = _Batches(len(data), self.batch_size, gen, device)
         state = self.load_state()
         if state is not None:
             model.load_state_dict(state["model"])
@@ -122,7 +126,7 @@ class REM(Attack):
         with progress.task("rem (surrogate)", total=self.train_steps) as advance:
             advance(step)
             while step < self.train_steps:
-                idx = idx_t[batches.next()]
+                idx = batches.next()
                 x, y = x_all[idx], y_all[idx]
                 inference = frozen(model)  # eval mode, batch norm folded: the noise and the inner attack use it
                 noise = self._noise(inference, x, y, gen)

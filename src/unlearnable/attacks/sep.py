@@ -1,6 +1,7 @@
 """SEP: self-ensemble protection - targeted PGD against checkpoints of one training run."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,10 +14,12 @@ from .base import Attack
 from .surrogate import check_surrogate, clean_surrogate
 from .tap import check_shift, targeted_pgd
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class SEP(Attack):
-    """Self-ensemble protection: Chen, Yuan, Kong, Liu & Huang (Sizhe Chen et al.), "Self-Ensemble Protection:
+    """Self-ensemble protection: Chen, Yuan, Cheng, Gong, Qin, Wang & Huang, "Self-Ensemble Protection:
     Training Checkpoints Are Good Data Protectors", ICLR 2023 (https://arxiv.org/abs/2211.12005; official code
     Sizhe-Chen/SEP, ``ens.py``).
 
@@ -25,8 +28,10 @@ class SEP(Attack):
     no augmentation) down the cross-entropy toward ``(y + shift) mod C`` averaged over the checkpoints (the
     official averages the checkpoints' input gradients, which is the gradient of the mean loss).
 
-    Defaults (official ``ens.py`` and README; METHODS.md): shift 5; 30 steps of 1/255; 30 checkpoints; eps 8/255
-    (the setting the seed paper evaluates; the SEP paper's headline uses 2/255). The official surrogate is a
+    Defaults (official ``ens.py`` and README; METHODS.md): shift 5; 30 steps of 1/255 (the official ``alpha`` is
+    1/255 at every eps; ours grows to eps/8 above 8/255, and to 2*eps/steps when fewer steps must still cross the
+    ball); 30 checkpoints (at most one an epoch); eps 8/255 (the setting the seed paper evaluates; the SEP paper's
+    headline uses 2/255). The official surrogate is a
     ResNet-18 trained 120 epochs with checkpoints at improving epochs; ours is the package's ``cnn`` trained
     ``surrogate_epochs`` epochs (``model=resnet18`` for the paper's) with evenly spaced epoch checkpoints.
     ``preset=fast``: 5 checkpoints of a 10-epoch run, 10 steps of eps/5 (a step rule that keeps 1/255 for the
@@ -40,7 +45,7 @@ class SEP(Attack):
     surrogate_epochs: int = 30  # epochs of the one training run
     checkpoints: int = 30  # ensemble size, evenly spaced over the run
     steps: int = 30  # PGD iterations
-    step_size: float | None = None  # None: max(eps/8, 2*eps/steps) - the official 1/255 at 8/255 with 30 steps
+    step_size: float | None = None  # None: max(1/255, eps/8, 2*eps/steps) - the official 1/255 up to 8/255
     shift: int = 5  # target class = (y + shift) mod C
     batch_size: int = 512
 
@@ -53,6 +58,13 @@ class SEP(Attack):
         check(self.steps >= 1 and self.checkpoints >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, checkpoints, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
+        if self.checkpoints > self.surrogate_epochs:
+            log.warning("sep: %d checkpoints from a %d-epoch run: the ensemble has %d (one an epoch)",
+                        self.checkpoints, self.surrogate_epochs, self.surrogate_epochs)
+
+    def _step_size(self) -> float:
+        """The PGD step: ``step_size``, else max(1/255, eps/8, 2*eps/steps) (the official 1/255 up to 8/255)."""
+        return self.step_size or max(1 / 255, self.eps / 8, 2 * self.eps / self.steps)
 
     def craft(self, data: ImageSet, index: np.ndarray):
         check_shift(self.shift, data.num_classes)
@@ -60,7 +72,6 @@ class SEP(Attack):
         gen = seed_everything(self.seed)
         models = clean_surrogate(data, self.model, self.surrogate_epochs, self.seed, device,
                                  keep=self.checkpoints, width=self.model_width)
-        step = self.step_size or max(self.eps / 8, 2 * self.eps / self.steps)
-        pgd = PGD(eps=self.eps, step_size=step, steps=self.steps)
+        pgd = PGD(eps=self.eps, step_size=self._step_size(), steps=self.steps)
         return targeted_pgd(self, pgd, models, data, index, self.shift, 1, self.batch_size, None, gen, device,
                             f"sep ({len(models)} checkpoints)"), data.y[index]

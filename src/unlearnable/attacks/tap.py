@@ -28,7 +28,8 @@ class TAP(Attack):
 
     Defaults (official ``village/options.py``, ``forgemaster_base.py``, ``forgemaster_targeted.py``): shift 1; eps
     8/255; 250 steps of 0.05*eps (0.4/255 at 8/255); random start; differentiable augmentation on; 8 restarts
-    (the official keeps the best restart for the whole set; we keep it per image, which can only lower the loss);
+    (the official keeps the best restart for the whole set; we keep it per image, which can only lower the loss;
+    its start is Gaussian noise times eps clipped to the ball, ours uniform in it, the package PGD's);
     batch 512. The official surrogate is a ResNet-18 trained 40 epochs; ours defaults to the package's ``cnn``
     trained ``surrogate_epochs`` epochs with the package recipe (``model=resnet18`` for the paper's).
     ``preset=fast``: 20 steps of eps/8, 1 restart (BENCHMARKS.md compares its effect with the default's).
@@ -74,6 +75,7 @@ class TAP(Attack):
 
 def check_shift(shift: int, num_classes: int) -> None:
     """A one-line error for a ``shift`` that makes every target class the true one (error-minimising, not targeted)."""
+    check(num_classes >= 2, f"a targeted attack needs two or more classes; this set has {num_classes}")
     check(shift % num_classes != 0, f"shift {shift} maps each of the {num_classes} classes to itself; "
           f"give a shift that is not a multiple of {num_classes}")
 

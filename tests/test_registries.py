@@ -258,3 +258,59 @@ def test_colour_defenses_change_colour_images():
     assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
     assert len(np.unique(create_defense("bdr", bits=2).transform(data).x)) == 4
     assert not np.array_equal(create_defense("jpeg").transform(data).x, x)
+
+
+def test_sep_steps_one_level_up_to_8_of_255_as_the_official():
+    """The official ``alpha`` is 1/255 at every budget; ours took 30 steps of 0.25/255 at the paper's 2/255."""
+    steps = {e: create_attack("sep", eps=e / 255)._step_size() * 255 for e in (2, 8, 32)}
+    assert steps == pytest.approx({2: 1, 8: 1, 32: 4})
+    assert create_attack("sep", eps=8 / 255, preset="fast")._step_size() * 255 == pytest.approx(1.6)
+
+
+def test_vgg_takes_tall_images_as_it_takes_wide_ones():
+    """Its last pool was kept or dropped by the height alone: 40 x 28 was refused where 28 x 40 trained."""
+    for hw in ((28, 40), (40, 28)):
+        assert create_model("vgg11", 1, 5, hw).eval()(torch.rand(2, 1, *hw)).shape == (2, 5)
+
+
+def test_rbf_svm_subset_takes_any_class_sizes():
+    """scikit-learn's stratified split refused a remainder smaller than the class count (10,005 images) and a
+    class of one image: a traceback from ``train --model svm-rbf``."""
+    from unlearnable.data.imageset import stratified_indices
+    from unlearnable.models.classical import svm_rbf
+
+    y = np.r_[0, np.repeat(np.arange(1, 10), 6)]  # 55 images, one of class 0
+    idx = stratified_indices(y, 50, seed=1)
+    assert len(idx) == 50 and len(np.unique(idx)) == 50 and (np.bincount(y[idx]) >= 1).all()
+    np.testing.assert_array_equal(idx, stratified_indices(y, 50, seed=1))
+    svm_rbf(1, 10, 4, max_samples=50).fit(np.random.default_rng(0).random((55, 1, 4, 4)), y)
+    with pytest.raises(UnlearnableError, match="two or more classes"):
+        svm_rbf(1, 1, 4).fit(np.zeros((4, 1, 4, 4)), np.zeros(4, dtype=np.int64))
+
+
+def test_attacks_need_two_classes(tiny):
+    """One class: a constant loss and zero gradients - REM returned its random start as 'noise', silently."""
+    one = tiny.subset(np.flatnonzero(tiny.y == 0)).replace(classes=["a"])
+    for name in ("em", "rem", "tap", "sep"):
+        with pytest.raises(UnlearnableError, match="two or more classes"):
+            create_attack(name, **ATTACK_TEST_OPTIONS[name]).poison(one)
+
+
+def test_a_batch_of_one_is_a_one_line_error_for_batch_norm(tiny):
+    """REM's surrogate steps skipped the trainer's batch-of-one check (lenet's BatchNorm1d): a torch ValueError."""
+    with pytest.raises(UnlearnableError, match="batch of 1 image"):
+        create_attack("rem", model="lenet", batch_size=1, train_steps=1, steps=1, eot=1, adv_steps=1).poison(tiny)
+
+
+def test_non_finite_crafted_images_are_refused(tiny):
+    rn = create_attack("random-noise")
+    with pytest.raises(UnlearnableError, match="non-finite"):
+        rn.quantise(tiny.x[:2], np.full(tiny.x[:2].shape, np.nan, dtype=np.float32))
+
+
+def test_a_budget_between_levels_is_said(caplog):
+    create_attack("random-noise", eps=0.031)
+    assert "7.91 levels" in caplog.text and "7/255" in caplog.text
+    caplog.clear()
+    create_attack("random-noise", eps=8 / 255)
+    assert "levels" not in caplog.text

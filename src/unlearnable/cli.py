@@ -112,7 +112,7 @@ def poison(
     attack: str = typer.Option(..., "--attack", "-a", help="attack name (unlearnable list attacks)"),
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="dataset spec: fashion-mnist, folder:PATH..."),
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the poisoned set to"),
-    eps: Optional[str] = typer.Option(None, help="budget: 8/255, 0.031, or 8 with --eps-unit levels"),
+    eps: Optional[str] = typer.Option(None, help="budget: 8/255, 0.0314, or 8 with --eps-unit levels"),
     eps_unit: str = typer.Option("unit", help="unit of --eps: 'unit' ([0, 1] scale) or 'levels' (0..255)"),
     norm: Optional[str] = typer.Option(None, help="the budget's norm (default: the attack's; every landed attack "
                                        "takes linf)"),

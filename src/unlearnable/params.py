@@ -10,7 +10,7 @@ from .errors import UnlearnableError
 
 
 def parse_eps(text: str | float, unit: str = "unit") -> float:
-    """``"8/255"``, ``"0.031"`` (or ``"8"`` with ``unit="levels"``) -> a radius on the [0, 1] scale."""
+    """``"8/255"``, ``"0.0314"`` (or ``"8"`` with ``unit="levels"``) -> a radius on the [0, 1] scale."""
     s = str(text).strip()
     try:
         if "/" in s:
@@ -19,7 +19,7 @@ def parse_eps(text: str | float, unit: str = "unit") -> float:
         else:
             value = float(s)
     except (ValueError, ZeroDivisionError):
-        raise UnlearnableError(f"cannot parse eps {text!r}; use e.g. 8/255, 0.031 or 8 with --eps-unit levels") from None
+        raise UnlearnableError(f"cannot parse eps {text!r}; use e.g. 8/255, 0.0314 or 8 with --eps-unit levels") from None
     if unit == "levels":
         value /= 255.0
     elif unit != "unit":

@@ -247,7 +247,14 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.model(x)
+            try:
+                out = self.model(x)
+            except ValueError as e:  # batch norm over one value per channel (one image, a 1 x 1 map)
+                if "Expected more than 1 value per channel" not in str(e):
+                    raise
+                raise UnlearnableError(f"a batch of {len(x)} image(s) cannot train {type(self.model).__name__}: its "
+                                       "batch normalisation needs two or more values per channel; raise the batch "
+                                       "size or give it more images") from None
             loss = F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

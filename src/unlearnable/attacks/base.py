@@ -52,6 +52,9 @@ class Attack(Resumable):
             check(0 < self.eps <= 1, f"eps must lie in (0, 1], got {self.eps}")
             if self.norm == "linf":
                 check(budget_levels(self.eps) >= 1, f"eps {self.eps:.5f} is below one 8-bit level (1/255)")
+                if abs(self.eps * 255 - round(self.eps * 255)) > 1e-6 and self.changes_images:  # 0.031 = 7.9 levels
+                    log.warning("%s: eps %.5g is %.2f levels of 1/255; the budget is the whole levels below it, "
+                                "%d/255", self.name, self.eps, self.eps * 255, budget_levels(self.eps))
         self.validate()
 
     def validate(self) -> None:
@@ -112,6 +115,9 @@ class Attack(Resumable):
         arr = images.detach().cpu().float().numpy() if hasattr(images, "detach") else np.asarray(images, np.float32)
         if arr.shape != clean.shape:
             raise RuntimeError(f"{self.name} crafted images of shape {arr.shape}, expected {clean.shape}")
+        if not np.isfinite(arr).all():  # NaN would round to an arbitrary in-budget change
+            raise UnlearnableError(f"{self.name} crafted non-finite images (its optimisation diverged): lower its "
+                                   "learning rate or step size")
         d = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.int16) - clean.astype(np.int16)
         if self.norm == "linf":
             lv = budget_levels(self.eps)

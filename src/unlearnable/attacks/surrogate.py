@@ -40,6 +40,8 @@ def make_surrogate(name: str, data: ImageSet, device: torch.device, width: int |
     """A fresh registry model ``name`` for ``data``'s channels, classes and image size, on ``device``; ``width``
     (architectures that have one: ``cnn``, ``convnet``) overrides the model's default width."""
     check_surrogate(name, width)
+    if data.num_classes < 2:  # one class: a constant loss, zero gradients, and the noise stays its random start
+        raise UnlearnableError(f"a surrogate needs two or more classes to learn from; this set has {data.num_classes}")
     kwargs = {} if width is None else {"width": width}
     model = create_model(name, data.channels, data.num_classes, data.image_size, **kwargs)
     return model.to(device, memory_format=torch.channels_last)

@@ -127,17 +127,9 @@ class ImageSet:
         small class cannot fill is shared among the others)."""
         if n >= len(self):
             return self
-        rng = np.random.default_rng(seed)
         if not stratified:
-            return self.subset(np.sort(rng.choice(len(self), n, replace=False)))
-        sizes = np.bincount(self.y, minlength=self.num_classes)
-        quota = np.zeros(self.num_classes, dtype=np.int64)
-        while quota.sum() < n:  # equal shares; what a small class cannot fill goes to the classes with images left
-            open_ = np.flatnonzero(quota < sizes)
-            for c, chunk in zip(open_, np.array_split(np.arange(n - quota.sum()), len(open_))):
-                quota[c] += min(len(chunk), sizes[c] - quota[c])
-        idx = [rng.choice(np.flatnonzero(self.y == c), quota[c], replace=False) for c in range(self.num_classes)]
-        return self.subset(np.sort(np.concatenate(idx)))
+            return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False)))
+        return self.subset(stratified_indices(self.y, n, seed))
 
     def fingerprint(self) -> str:
         """A short digest of the pixels and labels: what caches and resumable jobs key their files by."""
@@ -162,3 +154,18 @@ class ImageSet:
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] -> uint8 levels, rounding to nearest."""
     return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def stratified_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded class-balanced subset of ``n`` of the labels ``y``: equal shares, and what a small
+    class cannot fill is shared among the classes with samples left (any ``n`` up to ``len(y)``, any class sizes)."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(y)
+    quota = np.zeros(len(sizes), dtype=np.int64)
+    while quota.sum() < min(n, len(y)):
+        open_ = np.flatnonzero(quota < sizes)
+        for c, chunk in zip(open_, np.array_split(np.arange(min(n, len(y)) - quota.sum()), len(open_))):
+            quota[c] += min(len(chunk), sizes[c] - quota[c])
+    idx = [rng.choice(np.flatnonzero(y == c), quota[c], replace=False) for c in range(len(sizes))]
+    return np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)

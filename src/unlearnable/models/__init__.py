@@ -36,7 +36,8 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
     """A fresh model by registry name (``cnn``, ``resnet18``...). Unknown names raise a clear error.
 
     ``image_size``: the side of square images, or (height, width). Factories get the height; those whose layers
-    depend on the width too (``linear``, ``lenet``: a dense layer on the flattened map) also get ``image_width``."""
+    depend on the width too (``linear``, ``lenet``: a dense layer on the flattened map; ``vgg*``: the shorter side
+    decides its last pool) also get ``image_width``."""
     import inspect
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))

@@ -32,13 +32,17 @@ class PixelClassifier:
         return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
 
     def fit(self, x: Any, y: np.ndarray) -> "PixelClassifier":
-        y = np.asarray(y)
-        idx = np.arange(len(y))
-        if self.max_samples and len(y) > self.max_samples:
-            from sklearn.model_selection import train_test_split
+        from ..data.imageset import stratified_indices
+        from ..errors import UnlearnableError
 
-            idx, _ = train_test_split(idx, train_size=self.max_samples, stratify=y, random_state=self.seed)
-        self.estimator.fit(self.features(np.asarray(x)[np.sort(idx)]), y[np.sort(idx)])
+        y = np.asarray(y)
+        if len(np.unique(y)) < 2:
+            raise UnlearnableError(f"{type(self.estimator).__name__} needs two or more classes in the training set, "
+                                   f"got {len(np.unique(y))}")
+        idx = np.arange(len(y))
+        if self.max_samples and len(y) > self.max_samples:  # the package's sampler: any class sizes, any n
+            idx = stratified_indices(y, self.max_samples, self.seed)
+        self.estimator.fit(self.features(np.asarray(x)[idx]), y[idx])
         return self
 
     def predict(self, x: Any) -> np.ndarray:

@@ -12,7 +12,7 @@ from .store import export_png, is_saved_set, load_set, read_manifest, save_set
 
 __all__ = ["ImageSet", "DATASETS", "load_dataset", "load", "load_set", "save_set", "export_png",
            "is_saved_set", "read_manifest", "cache_dir", "to_uint8", "clean_counterpart", "partial",
-           "seeded_fraction", "require_set"]
+           "seeded_fraction", "require_set", "reload_source"]
 
 
 def load(spec: str) -> tuple[ImageSet, ImageSet]:
@@ -23,7 +23,7 @@ def load(spec: str) -> tuple[ImageSet, ImageSet]:
     """
     if is_saved_set(spec):
         train = load_set(spec)
-        _, test = load_dataset(_source(train))
+        _, test = reload_source(train)
         return train, test
     if ":" not in spec:
         if Path(spec).is_dir():
@@ -46,9 +46,30 @@ def _source(data: ImageSet) -> str:
     return data.source
 
 
+def reload_source(data: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """The clean ``(train, test)`` splits of the source a set was made from, checked against what the set recorded
+    of them (their digests; for older sets made from a folder, the training files' names): a source changed since
+    would give a test split that may hold the set's own training images, and wrong clean images."""
+    train, test = load_dataset(_source(data))
+    recorded = data.provenance.get("source_digest")
+    if isinstance(recorded, dict):
+        fresh = train.provenance["source_digest"]
+        moved = [k for k in ("train", "test") if k in recorded and recorded[k] != fresh[k]]
+    else:
+        names, index = data.provenance.get("file_names"), data.provenance.get("source_index", range(len(data)))
+        now = train.provenance.get("file_names")
+        moved = ["train"] if names is not None and (now is None or max(index, default=-1) >= len(now)
+                                                    or [now[i] for i in index] != list(names)) else []
+    if moved:
+        raise UnlearnableError(f"{data.source} has changed since this set was made (its {' and '.join(moved)} "
+                               "images differ): its clean images and test split are no longer the set's; restore "
+                               "the source or make the set again")
+    return train, test
+
+
 def clean_counterpart(data: ImageSet) -> ImageSet:
     """The clean training split a saved set was made from (same order), reloaded from its source."""
-    train, _ = load_dataset(_source(data))
+    train, _ = reload_source(data)
     if "source_index" in data.provenance:
         index = np.asarray(data.provenance["source_index"], dtype=np.int64)
         if len(index) and index.max() >= len(train):

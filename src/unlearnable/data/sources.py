@@ -65,8 +65,12 @@ def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
         raise UnlearnableError(f"dataset {name!r} takes no ':{arg}' (only folder:PATH and npz:PATH take a path; "
                                "for a subset use --subset N)")
     train, test = loader(arg) if takes_path else loader()
+    # what a set made from these splits records, so that reloading a changed source (files added to or edited in a
+    # folder) is noticed: its clean images and test split would no longer be the ones the set was made from
+    digest = {"train": train.fingerprint(), "test": test.fingerprint()}
     for part in (train, test):
         part.source = spec
+        part.provenance = {**part.provenance, "source_digest": dict(digest)}
     return train, test
 
 
@@ -232,6 +236,13 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             found += [Path(dirpath) / f for f in filenames
                       if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
         files += [(f, c) for f in sorted(found)]
+        if not found and classes:
+            log.warning("class folder %s has no images: the class is kept, with no samples", root / name)
+    stray = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+             and not f.name.startswith(".")]
+    if stray:
+        log.warning("%d image(s) directly in %s (e.g. %s) are in no class folder and are skipped", len(stray), root,
+                    stray[0])
     return classes, files
 
 

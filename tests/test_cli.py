@@ -111,6 +111,11 @@ def test_list_is_fast_and_lists():
     (["dvae-check", "--data", "{tmp}/missing", "--set", "dvae=1"], "not a D-VAE option"),  # an AttributeError
     (["dvae-check", "--data", "{tmp}/missing", "--set", "widht=8"], "no parameter widht"),
     (["dvae-check", "--data", "fashion-mnist"], "not a poisoned set"),  # ran on clean images
+    (["poison", "--attack", "em", "--set", "mode=class", "--set", "mode=sample", "--out", "{tmp}/o"], "given twice"),
+    (["poison", "--attack", "random-noise", "--eps", "0.5", "--eps-unit", "levels", "--out", "{tmp}/o"],
+     "0.5 levels is under one 8-bit level"),  # was said as the radius 0.00196
+    (["poison", "--attack", "em", "--set", "preset=none", "--set", "model_width=8.0", "--out", "{tmp}/o"],
+     "as a whole number or none"),
     # usage errors, caught by typer's own click (typer >= 0.26.0 vendors click and no longer installs it)
     (["poison", "--attack", "random-noise"], "--out"),
     (["train", "--epochs", "abc"], "--epochs"),
@@ -146,6 +151,19 @@ def test_poison_info_train_export_purify(tmp_path):
     assert len(list((tmp_path / "png" / "test").rglob("*.png"))) == 10000
     run("purify", "--defense", "bdr", "--data", str(out), "--out", str(tmp_path / "pur"), check_rc=0)
     assert json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["method"] == "bdr"
+    # purified again: the first purifier stays on record (it was overwritten) and info lists both, in order
+    run("purify", "--defense", "jpeg", "--data", str(tmp_path / "pur"), "--out", str(tmp_path / "pur2"), check_rc=0)
+    info = run("info", str(tmp_path / "pur2"), check_rc=0).stdout
+    assert info.index("purified:   bdr") < info.index("purified:   jpeg") and "the attack's;" in info
+    # a purified clean set is no clean start for an attack either: the budget against its source would not hold
+    from unlearnable.cli import _refuse_poisoned
+    from unlearnable.data import load_set
+    from unlearnable.errors import UnlearnableError
+
+    purified = load_set(tmp_path / "pur2")
+    del purified.provenance["method"]
+    with pytest.raises(UnlearnableError, match=r"is a purified set \(jpeg\)"):
+        _refuse_poisoned(purified, "SET")
 
 
 def test_a_failed_save_keeps_the_attack_state_and_ctrl_c_exits_130(tmp_path, monkeypatch):
@@ -414,7 +432,7 @@ def test_outputs_never_land_in_a_saved_sets_source_and_json_is_strict(tmp_path, 
     assert run("info", str(saved), "--grid", str(saved / "grid.png"), check_rc=0)  # beside its arrays: harmless
     p = run("train", "--data", str(saved), "--model", "random-forest", "--epochs", "2", "--json", check_rc=0)
     summary = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert summary["history"][0]["train_loss"] is None and "do not apply" in p.stderr
+    assert summary["history"][0]["train_loss"] is None and "does not apply" in p.stderr
 
 
 def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train, small_test):
@@ -523,3 +541,59 @@ def test_dvae_check_warns_when_its_p_hat_is_no_perturbation(tmp_path, monkeypatc
         monkeypatch.setattr(dvae, "dvae_check", lambda *a, rms=rms, **k: {"test_acc": 0.5, "p_rms": rms})
         p = run("dvae-check", "--data", str(tmp_path / "p"), check_rc=0)
         assert ("the D-VAE fit degenerated" in p.stderr) == warned, p.stderr
+
+
+def test_a_source_folder_changed_since_the_set_was_made_is_refused(tmp_path, monkeypatch):
+    """Files added to a folder re-drew its seeded test split: `train` tested on 4 of the set's own training images
+    (and edited files made `info` report a perturbation of 255 levels), with no word."""
+    from PIL import Image
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / "src" / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "src" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "set"
+    run("poison", "--attack", "random-noise", "--data", f"folder:{tmp_path / 'src'}", "--out", str(out), check_rc=0)
+    run("train", "--data", str(out), "--model", "svm-linear", check_rc=0)
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "src" / "c0" / "3.png")  # one file edited
+    assert "has changed since this set was made" in one_line_error(run("train", "--data", str(out)))
+    assert "vs clean:   unavailable" in run("info", str(out), check_rc=0).stdout
+    # a set from before the digests: the training files' names are checked
+    from unlearnable.data import load_set, reload_source
+
+    old = load_set(out)
+    del old.provenance["source_digest"]
+    reload_source(old)  # same names: fine
+    (tmp_path / "src" / "c1" / "0.png").rename(tmp_path / "src" / "c1" / "z.png")
+    with pytest.raises(Exception, match="has changed since this set was made"):
+        reload_source(old)
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args in (["poison", "--attack", "random-noise", "--out", str(tmp_path / "afile" / "sub")],
+                 ["info", str(tmp_path), "--grid", str(tmp_path / "afile" / "g.png")]):
+        assert "is a file, not a folder" in one_line_error(run(*args))
+    from unlearnable.data.store import torch_save_atomic
+
+    with pytest.raises(OSError):  # torch.save's own open raised a RuntimeError, a traceback for every state file
+        torch_save_atomic({"a": 1}, tmp_path / "afile" / "x.pt")
+
+
+def test_a_collapsed_purifier_is_refused_not_saved(small_train):
+    """A VAE fit at lr=10 kept finite losses and purified every image to black: saved, exit 0."""
+    from unlearnable.defenses.base import Purifier
+    from unlearnable.errors import UnlearnableError
+
+    class Flat(Purifier):
+        name = "flat"
+
+        def purify(self, x, y):
+            return np.zeros_like(x)
+
+    with pytest.raises(UnlearnableError, match="one flat value"):
+        Flat().transform(small_train.take(20))
+    blank = small_train.take(20).replace(x=np.zeros_like(small_train.take(20).x))
+    assert Flat().transform(blank).x.max() == 0  # flat in, flat out: nothing collapsed

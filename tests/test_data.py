@@ -162,6 +162,23 @@ def test_folder_bad_inputs(tmp_path):
         load_dataset(f"folder:{tmp_path / 'one'}")
 
 
+def test_folder_says_what_it_leaves_out(tmp_path, caplog, monkeypatch):
+    """An empty class folder became a class with no images, and images beside the class folders were skipped,
+    both without a word."""
+    from PIL import Image
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "t" / c / f"{i}.png")
+    (tmp_path / "t" / "empty").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "t" / "stray.png")
+    train, _ = load_dataset(f"folder:{tmp_path / 't'}")
+    assert train.classes == ["a", "b", "empty"]
+    assert "has no images" in caplog.text and "1 image(s) directly in" in caplog.text
+
+
 def test_folder_follows_links_scales_16_bit_and_skips_hidden_files(tmp_path):
     from PIL import Image
 

@@ -169,11 +169,17 @@ def _own_options(options: dict, *names: str) -> None:
 
 
 def _refuse_poisoned(data, spec: str) -> None:
-    """Stacking a perturbation on a poisoned saved set would break the budget against the clean images."""
+    """Stacking a perturbation on a poisoned (or purified) saved set would break the budget against the clean
+    images its manifest names, and read as poisoned first, purified after."""
     method = data.provenance.get("method")
     if method:
         raise UnlearnableError(f"{spec} is already poisoned ({method}): start from its clean source ({data.source}), "
                                "or export it as a folder to treat its images as new ones")
+    purified = data.provenance.get("purified_by", {}).get("method")
+    if purified:
+        raise UnlearnableError(f"{spec} is a purified set ({purified}): its images are not its source's clean ones, "
+                               f"so no budget against those could hold; start from the source ({data.source}), or "
+                               "export it as a folder to treat its images as new ones")
 
 
 def _unchanged_note(pairs) -> str:
@@ -263,7 +269,7 @@ def train(
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
     if model in CLASSICAL and changes:
         _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in changes)} "
-             "do not apply to it")
+             f"{'does' if len(changes) == 1 else 'do'} not apply to it")
     cfg = TrainConfig(seed=seed, device=device, **changes)
     if subset:
         trainset = _take(trainset, subset, seed)

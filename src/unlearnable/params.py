@@ -21,6 +21,8 @@ def parse_eps(text: str | float, unit: str = "unit") -> float:
     except (ValueError, ZeroDivisionError):
         raise UnlearnableError(f"cannot parse eps {text!r}; use e.g. 8/255, 0.0314 or 8 with --eps-unit levels") from None
     if unit == "levels":
+        if 0 < value < 1:  # said in the unit given, not as the radius 0.00196 it becomes
+            raise UnlearnableError(f"eps {text} levels is under one 8-bit level; the smallest budget is 1")
         value /= 255.0
     elif unit != "unit":
         raise UnlearnableError(f"unknown eps unit {unit!r}; known: unit, levels")
@@ -39,7 +41,10 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UnlearnableError(f"--set takes key=value, got {item!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in out:  # the last one silently won
+            raise UnlearnableError(f"--set {key} is given twice ({out[key]!r} and {value.strip()!r}); give it once")
+        out[key] = value.strip()
     return out
 
 
@@ -65,7 +70,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
                 return t(value)
         except (ValueError, ZeroDivisionError):
             continue
-    raise UnlearnableError(f"cannot read {name}={value!r} as {getattr(annotation, '__name__', annotation)}")
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "text", type(None): "none"}
+    wanted = " or ".join(words.get(t, getattr(t, "__name__", str(t))) for t in types)
+    raise UnlearnableError(f"cannot read {name}={value!r} as {wanted}")
 
 
 def parse_fraction(value: str) -> float:

@@ -48,12 +48,15 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
     if "method" in p:
         lines.append(f"attack:     {p['method']}  " + ", ".join(f"{k}={v}" for k, v in p.get("params", {}).items()))
         lines.append(f"changed:    {len(p.get('changed', []))} samples; crafting {p.get('crafting_seconds')} s")
-    if "purified_by" in p:
-        q = p["purified_by"]
+    for q in [*p.get("purified_before", []), *([p["purified_by"]] if "purified_by" in p else [])]:
         lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()))
+    if "dropped" in p:
+        d = p["dropped"]
+        lines.append(f"dropped:    {d.get('count')} of {d.get('of')} samples flagged by {d.get('by')}")
     if "budget" in p:
         b = p["budget"]
-        lines.append(f"budget:     {b['norm']} eps={b['eps']:.5f} ({b['eps'] * 255:.2f}/255)")
+        after = " (the attack's; purification changed the images after it)" if "purified_by" in p else ""
+        lines.append(f"budget:     {b['norm']} eps={b['eps']:.5f} ({b['eps'] * 255:.2f}/255){after}")
     try:
         clean = clean_counterpart(data)
     except UnlearnableError as e:

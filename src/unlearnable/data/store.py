@@ -71,6 +71,19 @@ def _check_replaceable(out: Path) -> None:
     target, here = out.resolve(), Path.cwd().resolve()
     if target == here or target in here.parents:
         raise UnlearnableError(f"{out} holds the current directory and would be replaced; give --out a new folder")
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse, before any long work, an output whose folder cannot be written: the nearest existing folder above
+    ``out`` (where its temporary sibling and any missing folders are made) must be a writable directory."""
+    parent = out.resolve().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UnlearnableError(f"{parent} is a file, not a folder: {out} cannot be written inside it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UnlearnableError(f"cannot write in {parent} (permission denied): give {out.name} another place")
 
 
 def check_out_file(path: str | Path, overwrite: bool, suffix: str | None = None) -> Path:
@@ -79,6 +92,7 @@ def check_out_file(path: str | Path, overwrite: bool, suffix: str | None = None)
     path = Path(path)
     if path.is_dir():
         raise UnlearnableError(f"{path} is a directory; give a file name")
+    _check_writable(path)
     if suffix is not None and path.suffix.lower() != suffix:
         raise UnlearnableError(f"{path} will hold a {suffix[1:].upper()} file: give it a {suffix} name")
     if path.exists() and not overwrite:
@@ -158,7 +172,11 @@ def torch_save_atomic(obj: Any, path: str | Path) -> Path:
     """``torch.save`` via :func:`write_atomic`."""
     import torch
 
-    return write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:  # through a Python file: an unwritable folder is an OSError, not torch's
+        with open(tmp, "wb") as f:  # RuntimeError ("open file failed with strerror")
+            torch.save(obj, f)
+
+    return write_atomic(path, write)
 
 
 def budget_levels(eps: float) -> int:

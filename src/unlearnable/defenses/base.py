@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..data import ImageSet, require_set
+from ..errors import UnlearnableError
 from ..params import prepare
 from ..resume import Resumable
 
@@ -59,8 +60,16 @@ class Purifier(Resumable):
             x = np.array(data.x)
             if len(only):
                 x[only] = self.purify(x[only], data.y[only])
+        done, given = (x, data.x) if only is None else (x[only], np.asarray(data.x)[only])
+        if done.size and done.min() == done.max() and given.min() != given.max():
+            # a collapsed fit (a learning rate far too high) gave finite losses and one flat image for all
+            raise UnlearnableError(f"{self.name} turned every image into one flat value ({done.flat[0]}/255): its "
+                                   "fit collapsed; lower its learning rate (lr) or give it more epochs")
         provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
                                                          "seconds": round(time.perf_counter() - t0, 2)}}
+        if "purified_by" in data.provenance:  # purified again: the earlier purifiers stay on record, oldest first
+            provenance["purified_before"] = [*data.provenance.get("purified_before", []),
+                                             data.provenance["purified_by"]]
         return data.replace(x=x, provenance=provenance)
 
     def fit_transform(self, data: ImageSet) -> ImageSet:

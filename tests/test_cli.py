@@ -112,6 +112,7 @@ def test_list_is_fast_and_lists():
     (["dvae-check", "--data", "{tmp}/missing", "--set", "widht=8"], "no parameter widht"),
     (["dvae-check", "--data", "fashion-mnist"], "not a poisoned set"),  # ran on clean images
     (["poison", "--attack", "em", "--set", "mode=class", "--set", "mode=sample", "--out", "{tmp}/o"], "given twice"),
+    (["poison", "--attack", "label-flip", "--eps", "0.5", "--out", "{tmp}/o"], "--eps does not apply"),
     (["poison", "--attack", "random-noise", "--eps", "0.5", "--eps-unit", "levels", "--out", "{tmp}/o"],
      "0.5 levels is under one 8-bit level"),  # was said as the radius 0.00196
     (["poison", "--attack", "em", "--set", "preset=none", "--set", "model_width=8.0", "--out", "{tmp}/o"],

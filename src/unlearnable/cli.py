@@ -135,6 +135,8 @@ def poison(
         options["norm"] = norm
     from .attacks import ATTACKS, create_attack
 
+    if eps is not None and not ATTACKS.get(attack).changes_images:  # recorded, but no pixel changes
+        raise UnlearnableError(f"{attack} changes labels only: --eps does not apply to it")
     _cpu_preset(options, ATTACKS.get(attack), attack)
     atk = create_attack(attack, **options)
     _check_out(out, overwrite, data)

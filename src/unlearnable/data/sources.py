@@ -236,7 +236,7 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             found += [Path(dirpath) / f for f in filenames
                       if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
         files += [(f, c) for f in sorted(found)]
-        if not found and classes:
+        if not found:
             log.warning("class folder %s has no images: the class is kept, with no samples", root / name)
     stray = [f.name for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
              and not f.name.startswith(".")]

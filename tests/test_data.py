@@ -418,3 +418,70 @@ def test_curve_plot_writes_a_png_atomically(tmp_path):
                       tmp_path / "c.png", "ratio", "accuracy", hlines={"clean": 0.92})
     assert path == tmp_path / "c.png" and Image.open(path).format == "PNG"
     assert [p.name for p in tmp_path.iterdir()] == ["c.png"]  # no temporary file left
+
+
+def test_a_damaged_saved_set_is_refused_in_one_line(tmp_path, small_train):
+    """An emptied sha256 record skipped every check (zeroed arrays loaded); a manifest shape unlike the arrays
+    passed and later indexing raised IndexError; a manifest that is not UTF-8 was a UnicodeDecodeError."""
+    data = small_train.take(12)
+    for case in ("sha", "shape", "utf8"):
+        out = save_set(data, tmp_path / case)
+        m = json.loads((out / "manifest.json").read_text())
+        if case == "sha":
+            m["sha256"] = {}
+            np.save(out / "x.npy", np.zeros_like(data.x))
+        elif case == "shape":
+            m["shape"][0] = 100
+        (out / "manifest.json").write_text(json.dumps(m))
+        if case == "utf8":
+            (out / "manifest.json").write_bytes(b"\xff\xfe{}")
+        with pytest.raises(UnlearnableError, match={"sha": "does not cover x.npy", "shape": "not the manifest's shape",
+                                                    "utf8": "not valid JSON"}[case]):
+            load_set(out)
+
+
+def test_a_set_saved_again_records_this_version(tmp_path, small_train):
+    data = small_train.take(12)
+    data.provenance["unlearnable_version"] = "0.0.1-old"
+    import unlearnable
+
+    assert read_manifest(save_set(data, tmp_path / "s"))["unlearnable_version"] == unlearnable.__version__
+
+
+def test_a_truncated_idx_file_is_a_one_line_error(tmp_path):
+    """A cut .gz raised EOFError, which the command line's click reported as Ctrl-C ('aborted', exit 130)."""
+    import gzip
+
+    from unlearnable.data.sources import _read_idx
+
+    raw = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))
+    (tmp_path / "a.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UnlearnableError, match="truncated or damaged"):
+        _read_idx(tmp_path / "a.gz")
+
+
+def test_the_folder_cache_knows_the_class_folders(tmp_path, monkeypatch):
+    """An empty class folder added to train/ left the cached arrays (and their class list) as they were."""
+    from PIL import Image
+
+    monkeypatch.setenv("UNLEARNABLE_CACHE", str(tmp_path / "cache"))
+    for split, classes in (("train", "ab"), ("test", "abz")):
+        for c in classes:
+            (tmp_path / "t" / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "t" / split / c / "0.png")
+    (tmp_path / "t" / "train" / "b" / "0.png").rename(tmp_path / "t" / "train" / "b" / "1.png")
+    with pytest.raises(UnlearnableError, match="different class folders"):
+        load_dataset(f"folder:{tmp_path / 't'}")
+    (tmp_path / "t" / "train" / "z").mkdir()
+    assert load_dataset(f"folder:{tmp_path / 't'}")[0].classes == ["a", "b", "z"]
+
+
+def test_partial_of_a_set_nothing_changed_and_its_label_record(small_train):
+    from unlearnable.data import partial
+
+    flipped = create_attack("label-flip", ratio=0.5).poison(small_train.take(40))
+    flipped.provenance["label_changed"] = list(flipped.provenance["changed"])
+    half = partial(flipped, 0.5, clean=small_train.take(40))
+    assert half.provenance["label_changed"] == half.provenance["changed"]  # those that kept their flipped label
+    none = flipped.replace(provenance={**flipped.provenance, "changed": []})
+    assert partial(none, 0.5, clean=small_train.take(40)).provenance["changed"] == []  # was a ValueError

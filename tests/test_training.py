@@ -156,3 +156,14 @@ def test_interrupted_training_resumes_as_if_never_stopped_and_only_on_its_own_da
         assert len(train(data, None, net(), cfg, state_path=state).history) == 3
     torch.save([1, 2], state)  # readable, but not a state
     assert len(train(data, None, net(), cfg, state_path=state).history) == 3
+
+
+def test_no_warmup_is_the_full_rate_and_logits_are_float32(small_train):
+    """warmup=0 still began at 0.1 x lr; predict_logits gave bf16 logits under autocast (a caller's .numpy() failed)."""
+    from unlearnable.training import _schedule, predict_logits
+
+    assert _schedule(TrainConfig(warmup=0), 100)(0) == 1.0
+    assert _schedule(TrainConfig(), 100)(0) == pytest.approx(0.1)
+    model = train(small_train.take(50), None, "linear", TrainConfig(epochs=1)).model
+    for amp in (True, False):
+        assert predict_logits(model, torch.rand(3, 1, 28, 28), amp=amp).dtype == torch.float32

@@ -266,7 +266,7 @@ class Trainer:
 
 
 def _schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warm = max(1, int(cfg.warmup * total))
+    warm = max(1, int(cfg.warmup * total)) if cfg.warmup > 0 else 0  # warmup=0: the full rate from the first step
 
     def onecycle(step: int) -> float:
         if step < warm:
@@ -295,7 +295,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, am
         xb = x[i:i + batch_size].to(dev)
         xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            out.append(model(xb))
+            out.append(model(xb).float())  # float32 whatever autocast computed in: callers' .numpy() works
     return torch.cat(out) if out else torch.empty(0)
 
 

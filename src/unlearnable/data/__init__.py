@@ -99,6 +99,9 @@ def partial(poisoned: ImageSet, ratio: float, seed: int = 0, clean: ImageSet | N
     x, y = clean.x.copy(), clean.y.copy()
     x[keep], y[keep] = poisoned.x[keep], poisoned.y[keep]
     provenance = {**poisoned.provenance, "changed": keep.tolist(), "partial": {"ratio": ratio, "seed": seed}}
+    provenance.pop("norms", None)  # per-sample records of the whole poison: save_set(clean=...) measures them again
+    if "label_changed" in provenance:
+        provenance["label_changed"] = np.flatnonzero(y != clean.y).tolist()
     return poisoned.replace(x=x, y=y, provenance=provenance)
 
 
@@ -106,7 +109,7 @@ def seeded_fraction(pool: np.ndarray | int, ratio: float, seed: int) -> np.ndarr
     """A seeded random ``ratio`` of ``pool`` (indices, or ``range(pool)`` for an int), at least one, sorted; all of
     it when ``ratio >= 1``. Attacks pick their poisoned samples with it, :func:`partial` the ones that stay poisoned."""
     pool = np.arange(pool) if isinstance(pool, (int, np.integer)) else np.asarray(pool, dtype=np.int64)
-    if ratio >= 1:
+    if ratio >= 1 or not len(pool):
         return np.sort(pool)
     k = max(1, int(round(ratio * len(pool))))
     return np.sort(np.random.default_rng(seed).choice(pool, k, replace=False))

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,11 @@ def load_dataset(spec: str) -> tuple[ImageSet, ImageSet]:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): the format of MNIST and Fashion-MNIST."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # a cut .gz is an EOFError, which click would report as Ctrl-C
+        raise UnlearnableError(f"{path} is truncated or damaged ({type(e).__name__}: {e})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise UnlearnableError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -109,7 +113,9 @@ def _idx_pair(d: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _mnist_like(name: str, tv_class: str, classes: list[str], extra: list[Path]) -> tuple[ImageSet, ImageSet]:
     env = os.environ.get("UNLEARNABLE_DATA")
-    cands = extra + ([Path(env) / name, Path(env)] if env else []) + [
+    # $UNLEARNABLE_DATA/<name> only: MNIST and Fashion-MNIST share their file names, so files at its top level
+    # could be either (mnist loaded Fashion-MNIST from there)
+    cands = extra + ([Path(env) / name] if env else []) + [
         cache_dir() / name, cache_dir() / tv_class / "raw"]
     d = _find_idx_dir(cands)
     if d is None:
@@ -300,7 +306,7 @@ def _cached_tree(root: Path):
         except OSError as e:
             raise UnlearnableError(f"cannot read image {p}: {e.strerror} (a broken link?)") from None
         stats.append((str(p.relative_to(root)), c, st.st_size, st.st_mtime_ns))
-    key = hashlib.sha256(repr((_DECODER, str(root.resolve()), stats)).encode()).hexdigest()[:20]
+    key = hashlib.sha256(repr((_DECODER, str(root.resolve()), classes, stats)).encode()).hexdigest()[:20]
     path = cache_dir() / "folders" / f"{key}.npz"
     if path.exists():
         try:

@@ -233,6 +233,7 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
                                    f"{len(data)} of {shape_text(data.x)}: clean must be the same images before")
     out = check_out_dir(out, overwrite)
     manifest: dict[str, Any] = {
+        **data.provenance,  # first: a set saved again (purified) records this version and its own shape
         "format": FORMAT_VERSION,
         "unlearnable_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -240,7 +241,6 @@ def save_set(data: ImageSet, out: str | Path, *, clean: ImageSet | None = None, 
         "split": data.split,
         "classes": data.classes,
         "shape": list(data.x.shape),
-        **data.provenance,
     }
     if clean is not None:
         # a purified set's budget record is the attack's it came from: its pixels are the purifier's, not bounded
@@ -269,8 +269,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not is_saved_set(path):
         raise UnlearnableError(f"{path} is not a saved set (no {MANIFEST})")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UnlearnableError(f"{path / MANIFEST} is not valid JSON: {e}") from None
     _check_manifest(path / MANIFEST, manifest)
     return manifest
@@ -295,6 +295,11 @@ def _check_manifest(where: Path, m: Any) -> None:
         need(isinstance(v, list) and all(isinstance(i, int) and i >= 0 for i in v), f"'{key}' is not a list of "
              "indices")
     need(all(i < n for key in ("changed", "label_changed") for i in m.get(key, [])), "an index beyond the set")
+    hashes = m["sha256"]  # the arrays must be covered: an emptied record skipped every check
+    need(all(isinstance(hashes.get(f), str) and len(hashes[f]) == 64 for f in ("x.npy", "y.npy")),
+         "'sha256' does not cover x.npy and y.npy")
+    need(all(isinstance(f, str) and "/" not in f and "\\" not in f and f not in (".", "..") for f in hashes),
+         "'sha256' names a file outside the set")
     budget = m.get("budget")
     if budget is not None:
         need(isinstance(budget, dict) and isinstance(budget.get("norm"), str)
@@ -318,8 +323,11 @@ def load_set(path: str | Path, verify: bool = True) -> ImageSet:
         verify_hashes(path, manifest)
     x = np.load(path / "x.npy", mmap_mode="r")
     y = np.load(path / "y.npy")
+    if list(x.shape) != manifest["shape"] or y.shape != (len(x),):  # the record's indices are bounded by 'shape'
+        raise UnlearnableError(f"{path}: its arrays ({shape_text(x)}, {len(y)} labels) are not the manifest's "
+                               f"shape {manifest['shape']}: the set was modified")
     keep = {k: v for k, v in manifest.items()
-            if k not in ("format", "created", "source", "split", "classes", "shape", "sha256")}
+            if k not in ("format", "created", "source", "split", "classes", "shape", "sha256", "unlearnable_version")}
     return ImageSet(x, y, list(manifest["classes"]), source=manifest["source"], split=manifest["split"],
                     provenance=keep)
 

@@ -12,12 +12,18 @@ import torch
 from unlearnable.data.store import json_text
 
 
-def seed_list(text: str, default: int) -> list[int]:
+def seed_list(text: str, default: int, flag: str = "--victim-seeds") -> list[int]:
     """``--victim-seeds 0,1,2`` as a list; empty: ``[default]`` (the script's ``--seed``)."""
+    return number_list(text, int, flag) if text else [default]
+
+
+def number_list(text: str, kind: type, flag: str) -> list:
+    """A comma-separated ``flag`` value as numbers of ``kind``, parsed before any work: a bad one is one line."""
     try:
-        return [int(v) for v in text.split(",")] if text else [default]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise SystemExit(f"error: --victim-seeds takes comma-separated integers, got {text!r}") from None
+        what = "integers" if kind is int else "numbers"
+        raise SystemExit(f"error: {flag} takes comma-separated {what}, got {text!r}") from None
 
 
 def victim_runs(data, test, model: str, cfg, seeds: list[int]) -> list:
@@ -75,7 +81,7 @@ def run_script(main) -> None:
 
     try:
         main()
-    except UnlearnableError as e:
+    except (UnlearnableError, OSError) as e:  # an unwritable --json or --out as well
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -64,7 +64,7 @@ def main() -> None:
             from unlearnable.data import save_set
 
             tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
-            save_set(poisoned, Path(args.save) / tag.replace("/", "_"), overwrite=True)
+            save_set(poisoned, Path(args.save) / tag.replace("/", "_"), clean=train_set, overwrite=True)
         r = train(poisoned, test_set, args.victim, cfg, description="poisoned victim")
         extra = {k: getattr(attack, k) for k in ("rounds_", "final_error_") if hasattr(attack, k)}
         rows.append({**meta, "attack": args.attack, "options": options, "eps": round(eps * 255, 2),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import emit, run_meta, run_script, seed_list, summary, victim_runs
+from _common import emit, number_list, run_meta, run_script, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/deepconfuse.jsonl")
     args = ap.parse_args()
     seeds = seed_list(args.victim_seeds, args.seed)
+    batch_sizes = number_list(args.batch_sizes, int, "--batch-sizes")
+    ratios = number_list(args.ratios, float, "--ratios")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     train_set, test_set = load(args.data)
@@ -117,7 +119,7 @@ def main() -> None:
     if args.experiment == "speed":
         device = resolve_device()
         generator = load_generator(args.generator, device)
-        for bs in map(int, args.batch_sizes.split(",")):
+        for bs in batch_sizes:
             protect(generator, train_set.x[:bs], bs)  # warm-up: oneDNN / cuDNN pick their kernels
             seconds = []
             for _ in range(args.repeats):
@@ -148,7 +150,7 @@ def main() -> None:
                     "train": len(victim_set(train_set)), "fit_s": round(bad[0].seconds, 1)})
     elif args.experiment == "partial":
         rows = []
-        for ratio in map(float, args.ratios.split(",")):
+        for ratio in ratios:
             index = create_attack("label-flip", ratio=ratio, seed=args.seed).select(len(train_set))
             x = train_set.x.copy()
             x[index] = protected.x[index]

@@ -21,7 +21,7 @@ import argparse
 import logging
 import time
 
-from _common import emit, poisoned_share, run_meta, run_script, set_jobs
+from _common import emit, number_list, poisoned_share, run_meta, run_script, set_jobs
 from unlearnable.data import load
 from unlearnable.detect import check_set, detect, detection_metrics
 from unlearnable.params import parse_sets
@@ -46,6 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     contrast_options = parse_sets(args.contrast_set)
+    seeds = number_list(args.seeds, int, "--seeds")
     meta = run_meta(subset=args.subset, model=args.model, epochs=args.epochs, lr=args.lr,
                     **({"contrast_options": contrast_options} if contrast_options else {}))
 
@@ -53,7 +54,6 @@ def main() -> None:
         _, test = load(data.source)
         if args.subset:
             data = data.take(args.subset)
-        seeds = [int(s) for s in args.seeds.split(",")]
         for seed in seeds:  # the per-sample detectors run once, with the first seed's row
             t0 = time.perf_counter()
             row = {"set": name, "attack": data.provenance.get("method", "clean"), "train": len(data), "seed": seed,

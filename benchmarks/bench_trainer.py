@@ -15,6 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _common import run_script
 from unlearnable.data import load
 from unlearnable.models import create_model
 from unlearnable.training import TrainConfig, evaluate, resolve_device, train
@@ -52,7 +53,7 @@ def plain_loop(trainset, testset, epochs: int, seed: int = 0) -> dict:
             F.cross_entropy(model(xb), yb).backward()
             opt.step()
         seconds += time.perf_counter() - t0
-        hist.append({"epoch": epoch + 1, "seconds": seconds, "test_acc": evaluate(model, testset)})
+        hist.append({"epoch": epoch + 1, "seconds": seconds, "test_acc": evaluate(model, testset, amp=False)})
     return summarise(hist)
 
 
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -572,6 +572,15 @@ def test_a_source_folder_changed_since_the_set_was_made_is_refused(tmp_path, mon
         reload_source(old)
 
 
+def test_a_budget_between_levels_is_said(tmp_path):
+    p = run("poison", "--attack", "random-noise", "--eps", "0.031", "--subset", "20", "--out", str(tmp_path / "o"),
+            check_rc=0)
+    assert "7.91 levels" in p.stderr and "7/255" in p.stderr
+    p = run("poison", "--attack", "random-noise", "--eps", "8/255", "--subset", "20", "--out", str(tmp_path / "p"),
+            check_rc=0)
+    assert "levels of 1/255" not in p.stderr
+
+
 def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
     (tmp_path / "afile").write_text("x")
     for args in (["poison", "--attack", "random-noise", "--out", str(tmp_path / "afile" / "sub")],
@@ -588,8 +597,11 @@ def test_a_collapsed_purifier_is_refused_not_saved(small_train):
     from unlearnable.defenses.base import Purifier
     from unlearnable.errors import UnlearnableError
 
-    class Flat(Purifier):
+    class Flat(Purifier):  # a learned purifier (its own fit) whose fit collapsed
         name = "flat"
+
+        def fit(self, data):
+            return self
 
         def purify(self, x, y):
             return np.zeros_like(x)

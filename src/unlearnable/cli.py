@@ -139,6 +139,11 @@ def poison(
         raise UnlearnableError(f"{attack} changes labels only: --eps does not apply to it")
     _cpu_preset(options, ATTACKS.get(attack), attack)
     atk = create_attack(attack, **options)
+    if eps is not None and atk.norm == "linf" and abs(atk.eps * 255 - round(atk.eps * 255)) > 1e-6:  # 0.031: 7
+        from .data.store import budget_levels
+
+        _say(f"--eps {eps} is {atk.eps * 255:.2f} levels of 1/255: the budget is the whole levels below it, "
+             f"{budget_levels(atk.eps)}/255")
     _check_out(out, overwrite, data)
     from .data import load, save_set
 
@@ -171,17 +176,10 @@ def _own_options(options: dict, *names: str) -> None:
 
 
 def _refuse_poisoned(data, spec: str) -> None:
-    """Stacking a perturbation on a poisoned (or purified) saved set would break the budget against the clean
-    images its manifest names, and read as poisoned first, purified after."""
-    method = data.provenance.get("method")
-    if method:
-        raise UnlearnableError(f"{spec} is already poisoned ({method}): start from its clean source ({data.source}), "
-                               "or export it as a folder to treat its images as new ones")
-    purified = data.provenance.get("purified_by", {}).get("method")
-    if purified:
-        raise UnlearnableError(f"{spec} is a purified set ({purified}): its images are not its source's clean ones, "
-                               f"so no budget against those could hold; start from the source ({data.source}), or "
-                               "export it as a folder to treat its images as new ones")
+    """Stacking a perturbation on a poisoned (or purified) saved set: refused before any work, naming ``spec``."""
+    from .attacks.base import require_unperturbed
+
+    require_unperturbed(data, spec)
 
 
 def _unchanged_note(pairs) -> str:

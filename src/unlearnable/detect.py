@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import ImageSet, require_set
-from .data.imageset import require_alike
+from .data.imageset import as_indices, require_alike
 from .errors import UnlearnableError
 from .params import typed_kwargs
 
@@ -124,8 +124,12 @@ def _simple_network(data: ImageSet, model: str, epochs: int, lr: float, batch_si
                     description: str) -> torch.nn.Module:
     """The simple network of Zhu et al. trained on ``data``: the package's trainer, no augmentation, no label
     smoothing, no weight decay; returned in eval mode."""
+    from .models import CLASSICAL
     from .training import TrainConfig, train
 
+    if model in CLASSICAL:  # was an AttributeError ('PixelClassifier' object has no attribute 'eval')
+        raise UnlearnableError(f"the simple network must be a torch model (e.g. linear or cnn), not the scikit-learn "
+                               f"victim {model}")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, label_smoothing=0.0, augment=False,
                       weight_decay=0.0, amp=False, seed=seed, device=device, eval_every=10**6)
     return train(data, None, model, cfg, description=description).model.eval()
@@ -518,7 +522,11 @@ def purify_flagged(data: ImageSet, detection: Detection, defense: Any, fit: bool
     so clean samples are not blurred by a purifier they never needed. ``fit=False``: ``defense`` was already
     fitted on ``data``.
     """
-    flagged = np.asarray(detection.flagged, dtype=np.int64)
+    require_set(data, "the set")
+    if not isinstance(detection, Detection):  # a list of indices was an AttributeError
+        raise UnlearnableError(f"detection must be a Detection (from detect() or flag()), got "
+                               f"{type(detection).__name__}")
+    flagged = as_indices(detection.flagged, len(data), "flagged")
     if len(flagged) and fit:
         defense.fit(data)
     return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist())
@@ -529,6 +537,10 @@ def drop_flagged(data: ImageSet, detection: Detection) -> ImageSet:
     detector is precise and the set can spare them (a victim then learns from the unflagged images only).
     ``provenance["source_index"]`` keeps where each remaining sample came from; ``changed`` is renumbered, so
     what a detector missed stays known."""
+    require_set(data, "the set")
+    if not isinstance(detection, Detection):
+        raise UnlearnableError(f"detection must be a Detection (from detect() or flag()), got "
+                               f"{type(detection).__name__}")
     keep = ~index_mask(detection.flagged, len(data))
     if not keep.any():
         raise UnlearnableError(f"every one of the {len(data)} samples was flagged: dropping them leaves nothing")
@@ -540,7 +552,7 @@ def drop_flagged(data: ImageSet, detection: Detection) -> ImageSet:
 def index_mask(indices: np.ndarray | list[int], n: int) -> np.ndarray:
     """A boolean mask of length ``n``, True at ``indices`` (flagged or truly poisoned samples)."""
     mask = np.zeros(n, bool)
-    mask[np.asarray(indices, dtype=np.int64)] = True
+    mask[as_indices(indices, n, "indices")] = True
     return mask
 
 

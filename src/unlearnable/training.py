@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,9 +191,36 @@ def fast_bf16(device: torch.device) -> bool:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global generator (model initialisation; kornia draws its augmentations from it) and return a
+    CPU generator of the same seed for the package's own draws. Callers run under :func:`keeps_global_rng`, so the
+    user's global state is back as it was afterwards. numpy's global generator is not touched (nothing here draws
+    from it)."""
     torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
     return torch.Generator().manual_seed(seed)
+
+
+_OUTERMOST = threading.local()
+
+
+def keeps_global_rng(fn: Callable) -> Callable:
+    """Run ``fn`` with torch's global random state saved and restored (``torch.random.fork_rng``): a notebook that
+    seeds its own draws gets the same ones whatever library call ran in between (each call seeded the global
+    generator with its own seed, so later draws were the same for every seed the user set). Only the outermost
+    call forks: inside the package the random streams stay as they were (a victim trained within an attack
+    reseeds the global generator for what follows it), so results are those of earlier versions bit for bit."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_OUTERMOST, "active", False):
+            return fn(*args, **kwargs)
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        _OUTERMOST.active = True
+        try:
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+                return fn(*args, **kwargs)
+        finally:
+            _OUTERMOST.active = False
+
+    return wrapper
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -331,6 +359,7 @@ def default_flip(source: str) -> bool:
     return not any(source.startswith(s) for s in NO_FLIP_SOURCES)
 
 
+@keeps_global_rng
 def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.Module = "cnn",
           cfg: TrainConfig | None = None, description: str = "training",
           on_epoch: Callable[[int, nn.Module], None] | None = None, state_path: str | Path | None = None,

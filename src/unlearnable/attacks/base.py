@@ -21,8 +21,24 @@ from ..data.store import budget_levels
 from ..errors import UnlearnableError
 from ..params import check, check_choice, prepare
 from ..resume import Resumable
+from ..training import keeps_global_rng
 
 log = logging.getLogger(__name__)
+
+
+def require_unperturbed(data: ImageSet, name: str = "the set") -> None:
+    """Refuse to perturb a set that an attack or a purifier already changed: its record would name the clean images
+    of its source, which the new perturbation's budget would not hold against (the earlier one adds to it), and the
+    earlier step would vanish from the record or read as coming after."""
+    method = data.provenance.get("method")
+    if method:
+        raise UnlearnableError(f"{name} is already poisoned ({method}): start from its clean source ({data.source}), "
+                               "or export it as a folder to treat its images as new ones")
+    purified = (data.provenance.get("purified_by") or {}).get("method")
+    if purified:
+        raise UnlearnableError(f"{name} is a purified set ({purified}): its images are not its source's clean ones, "
+                               f"so no budget against those could hold; start from the source ({data.source}), or "
+                               "export it as a folder to treat its images as new ones")
 
 
 @dataclass
@@ -52,9 +68,6 @@ class Attack(Resumable):
             check(0 < self.eps <= 1, f"eps must lie in (0, 1], got {self.eps}")
             if self.norm == "linf":
                 check(budget_levels(self.eps) >= 1, f"eps {self.eps:.5f} is below one 8-bit level (1/255)")
-                if abs(self.eps * 255 - round(self.eps * 255)) > 1e-6 and self.changes_images:  # 0.031 = 7.9 levels
-                    log.warning("%s: eps %.5g is %.2f levels of 1/255; the budget is the whole levels below it, "
-                                "%d/255", self.name, self.eps, self.eps * 255, budget_levels(self.eps))
         self.validate()
 
     def validate(self) -> None:
@@ -70,9 +83,11 @@ class Attack(Resumable):
         """The poisoned indices: all of them, or a seeded random ``ratio`` of them, sorted."""
         return seeded_fraction(n, self.ratio, self.seed)
 
+    @keeps_global_rng
     def poison(self, data: ImageSet) -> ImageSet:
         """Poison the clean training set ``data``; the result records how in its ``provenance``."""
         require_set(data, "the set to poison")
+        require_unperturbed(data, "the set to poison")
         if len(data) == 0:
             raise UnlearnableError("cannot poison an empty set")
         index = self.select(len(data))

@@ -97,7 +97,7 @@ from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check, check_choice
 from ..resume import rng_state, set_rng_state
-from .base import Attack
+from .base import Attack, require_unperturbed
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,7 @@ class _ChannelSumConv(nn.Module):
 def protect_set(generator: PerturbationGenerator, data: ImageSet, batch_size: int = 256) -> ImageSet:
     """:func:`protect` for a whole :class:`ImageSet`; labels are kept and the provenance records the generator."""
     require_set(data, "the set to protect")
+    require_unperturbed(data, "the set to protect")
     t0 = time.perf_counter()
     x = protect(generator, data.x, batch_size)
     provenance = {**data.provenance, "method": "deepconfuse", "params": {"generator": dict(generator.config)},

@@ -69,6 +69,7 @@ def reload_source(data: ImageSet) -> tuple[ImageSet, ImageSet]:
 
 def clean_counterpart(data: ImageSet) -> ImageSet:
     """The clean training split a saved set was made from (same order), reloaded from its source."""
+    require_set(data, "the set")
     train, _ = reload_source(data)
     if "source_index" in data.provenance:
         index = np.asarray(data.provenance["source_index"], dtype=np.int64)
@@ -89,6 +90,7 @@ def partial(poisoned: ImageSet, ratio: float, seed: int = 0, clean: ImageSet | N
     and apply it to a random fraction). ``provenance["changed"]`` lists the samples still poisoned, so detection
     can be scored against it.
     """
+    require_set(poisoned, "the poisoned set")
     if not 0 < ratio <= 1:
         raise UnlearnableError(f"ratio must lie in (0, 1], got {ratio}")
     changed = np.asarray(poisoned.provenance.get("changed", np.arange(len(poisoned))), dtype=np.int64)

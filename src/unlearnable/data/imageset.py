@@ -82,7 +82,10 @@ class ImageSet:
         if len(self.x) != len(self.y):
             raise UnlearnableError(f"{len(self.x)} images but {len(self.y)} labels")
         if self.x.shape[1] not in (1, 3):
-            raise UnlearnableError(f"images must have 1 or 3 channels, got {self.x.shape[1]}")
+            hint = " (N x H x W x C? use x.transpose(0, 3, 1, 2))" if self.x.shape[3] in (1, 3) else ""
+            raise UnlearnableError(f"images must have 1 or 3 channels, got {self.x.shape[1]}{hint}")
+        if not isinstance(self.provenance, dict):
+            raise UnlearnableError(f"provenance must be a dict, got {type(self.provenance).__name__}")
         if len(self.y) and (self.y.min() < 0 or self.y.max() >= len(self.classes)):
             raise UnlearnableError(f"labels must lie in 0..{len(self.classes) - 1}")
 
@@ -110,7 +113,7 @@ class ImageSet:
         """The samples at ``index``; ``provenance["source_index"]`` keeps their positions in the source split (and
         ``provenance["file_names"]``, for folder data, their files). The per-sample records follow: ``changed`` and
         ``label_changed`` (positions) are renumbered to the subset's, ``norms`` (one value per sample) are sliced."""
-        index = np.asarray(index, dtype=np.int64)
+        index = as_indices(index, len(self))
         base = np.asarray(self.provenance.get("source_index", np.arange(len(self))))
         provenance = {**self.provenance, "source_index": base[index].tolist()}
         if "file_names" in provenance:
@@ -169,3 +172,21 @@ def stratified_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
             quota[c] += min(len(chunk), sizes[c] - quota[c])
     idx = [rng.choice(np.flatnonzero(y == c), quota[c], replace=False) for c in range(len(sizes))]
     return np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
+
+
+def as_indices(index: Any, n: int, what: str = "index") -> np.ndarray:
+    """Sample positions among ``n`` as int64: a boolean mask of length ``n`` (``data.y == 0``) becomes the positions
+    it marks (cast to integers it meant samples 0 and 1); positions outside ``[0, n)`` are a one-line error (a
+    negative one counted from the end)."""
+    arr = np.asarray(index)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise UnlearnableError(f"a boolean {what} mask must have one entry per sample ({n}), got {arr.shape}")
+        return np.flatnonzero(arr)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise UnlearnableError(f"{what} must hold sample positions (integers) or a boolean mask, got {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise UnlearnableError(f"{what} names sample {arr.min() if arr.min() < 0 else arr.max()}, outside the "
+                               f"{n} samples")
+    return arr

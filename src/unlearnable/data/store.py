@@ -394,10 +394,18 @@ def renamed_files(data: ImageSet) -> list[tuple[str, str]]:
     return [(n, str(p)) for n, p in zip(names, png_paths(data)) if Path(n).with_suffix(".png").name != p.name]
 
 
-def export_png(parts: dict[str, ImageSet], out: str | Path, overwrite: bool = False, progress=None) -> Path:
-    """Write ``OUT/<split>/<class>/<name>.png`` for each named part, losslessly (names: :func:`png_paths`); atomic
-    like :func:`save_set`."""
+def export_png(parts: dict[str, ImageSet] | ImageSet, out: str | Path, overwrite: bool = False,
+               progress=None) -> Path:
+    """Write ``OUT/<split>/<class>/<name>.png`` for each named part (``{"train": set, "test": set}``; one set alone
+    is its own split, ``train`` or ``test``), losslessly (names: :func:`png_paths`); atomic like :func:`save_set`."""
     from PIL import Image
+
+    if isinstance(parts, ImageSet):
+        parts = {parts.split or "train": parts}
+    if not isinstance(parts, dict) or not parts:
+        raise UnlearnableError(f"export_png takes an ImageSet or a dict of them by split, got {type(parts).__name__}")
+    for split, data in parts.items():
+        require_set(data, f"the {split} part")
 
     out = check_out_dir(out, overwrite)
     with atomic_dir(out) as tmp:

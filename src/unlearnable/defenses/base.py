@@ -61,7 +61,8 @@ class Purifier(Resumable):
             if len(only):
                 x[only] = self.purify(x[only], data.y[only])
         done, given = (x, data.x) if only is None else (x[only], np.asarray(data.x)[only])
-        if done.size and done.min() == done.max() and given.min() != given.max():
+        learned = type(self).fit is not Purifier.fit  # a fixed transform (bdr of dark images) may well be flat
+        if learned and done.size and done.min() == done.max() and given.min() != given.max():
             # a collapsed fit (a learning rate far too high) gave finite losses and one flat image for all
             raise UnlearnableError(f"{self.name} turned every image into one flat value ({done.flat[0]}/255): its "
                                    "fit collapsed; lower its learning rate (lr) or give it more epochs")

@@ -35,6 +35,7 @@ smoother for short runs); the epoch at which the ``p_hat`` penalty starts is sca
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,7 +56,7 @@ from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check
 from ..resume import rng_state, set_rng_state
-from ..training import fast_bf16, flush_denormals, resolve_device, seed_everything
+from ..training import fast_bf16, flush_denormals, keeps_global_rng, resolve_device, seed_everything
 from .base import Purifier
 
 log = logging.getLogger(__name__)
@@ -318,10 +319,13 @@ class RateConstrainedVAE(Purifier):
         """Begin a fit: the state of an interrupted run on the same data with the same parameters, if any."""
         require_set(data, "the set to fit on")
         self._check_data(data)
+        for name in self.FITTED:  # nothing of an earlier fit survives into this one
+            self.__dict__.pop(name, None)
         self._remember(data)
         self.bind_state(data)
         self._run = self.load_state() or {"done": {}, "current": None}
 
+    @keeps_global_rng
     def _train(self, data: ImageSet, limit: float, perturbation: bool, seed: int, key: str, desc: str) -> DVAENet:
         """Train one (D-)VAE with the official objective; returns it in eval mode.
 
@@ -427,8 +431,22 @@ class RateConstrainedVAE(Purifier):
 
     def fit(self, data: ImageSet) -> "RateConstrainedVAE":
         self._start(data)
-        self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
+        with self._fitting():
+            self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
         return self
+
+    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "_fit_cache")
+
+    @contextlib.contextmanager
+    def _fitting(self):
+        """A fit that fails or is interrupted leaves the purifier unfitted (it kept the shape of the new data and
+        the networks of an earlier fit, or none: transform() then raised AttributeError, save() wrote no weights)."""
+        try:
+            yield
+        except BaseException:
+            for name in self.FITTED:
+                self.__dict__.pop(name, None)
+            raise
 
     def _remember(self, data: ImageSet) -> None:
         self.shape_ = (data.channels, *data.image_size)
@@ -563,6 +581,10 @@ class DVAE(RateConstrainedVAE):
 
     def fit(self, data: ImageSet) -> "DVAE":
         self._start(data)
+        with self._fitting():
+            return self._fit_stages(data)
+
+    def _fit_stages(self, data: ImageSet) -> "DVAE":
         if "s1" not in self.skips:
             self.stage1_ = self._train(data, self.kld_1, True, self.seed, "stage1", "D-VAE stage 1")
         if "s2" not in self.skips:

@@ -43,7 +43,17 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
     h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if w != h and "image_width" in inspect.signature(MODELS.get(name)).parameters:
         kwargs["image_width"] = w
-    model = MODELS.create(name, in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)
+    factory = MODELS.get(name)
+    params = inspect.signature(factory).parameters
+    known = set(params) - {"in_channels", "num_classes", "image_size"}
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [] if open_ended else sorted(set(kwargs) - known)
+    if unknown:  # a TypeError from inside the factory otherwise
+        from ..errors import UnlearnableError
+
+        raise UnlearnableError(f"model {name} has no option {', '.join(unknown)}"
+                               + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"))
+    model = factory(in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)
     if min(h, w) < SAFE_SIDE and name not in CLASSICAL:
         _check_input_size(model, name, in_channels, h, w)
     return model

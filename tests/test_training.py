@@ -75,6 +75,13 @@ def test_flush_denormals_is_scoped():
             pytest.skip("this CPU cannot flush subnormals")
         assert (tiny / 100).item() == 0.0  # a subnormal result is flushed inside...
     assert (tiny / 100).item() > 0  # ...and representable again after the block
+    torch.set_flush_denormal(True)  # a caller that had it on keeps it on (it was switched off)
+    try:
+        with flush_denormals():
+            pass
+        assert (tiny / 100).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"eval_every": 0}, {"momentum": -1.0},

@@ -140,13 +140,14 @@ def flush_denormals() -> Iterator[None]:
     Intel CPUs compute on subnormals up to ~100x slower, and some training produces them in its backward pass:
     a D-VAE stage-1 epoch on 15,000 poisoned Fashion-MNIST images took 185 s instead of 28 s on this project's
     Xeon, with the same losses to the printed digits (BENCHMARKS.md, D-VAE session 10). No effect on CUDA.
-    torch has no getter for the mode, so it is switched off again on exit.
+    torch has no getter for the mode: a subnormal times one tells whether it was on, and it is left as it was.
     """
+    was_on = bool((torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0)
     on = torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if on:
+        if on and not was_on:
             torch.set_flush_denormal(False)
 
 

@@ -22,7 +22,7 @@ import logging
 import time
 
 from _common import emit, number_list, poisoned_share, run_meta, run_script, set_jobs
-from unlearnable.data import load
+from unlearnable.data import reload_source
 from unlearnable.detect import check_set, detect, detection_metrics
 from unlearnable.params import parse_sets
 
@@ -51,7 +51,7 @@ def main() -> None:
                     **({"contrast_options": contrast_options} if contrast_options else {}))
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data):
-        _, test = load(data.source)
+        _, test = reload_source(data)  # a saved set's own clean test split, checked against its record
         if args.subset:
             data = data.take(args.subset)
         for seed in seeds:  # the per-sample detectors run once, with the first seed's row

@@ -338,6 +338,10 @@ def test_attacks_refuse_a_set_already_poisoned_or_purified(tiny):
         create_attack("random-noise").poison(once)
     with pytest.raises(UnlearnableError, match="purified set"):
         create_attack("random-noise").poison(create_defense("jpeg").fit_transform(tiny))
+    from unlearnable.detect import flag, purify_flagged
+
+    untouched = purify_flagged(tiny, flag(np.zeros(len(tiny)), 0.5), create_defense("jpeg"))
+    assert len(create_attack("random-noise").poison(untouched).provenance["changed"]) == len(tiny)  # nothing purified
 
 
 def test_library_calls_leave_the_callers_random_state_alone(tiny):
@@ -349,6 +353,7 @@ def test_library_calls_leave_the_callers_random_state_alone(tiny):
         torch.manual_seed(seed)
         train(tiny.take(50), None, "linear", TrainConfig(epochs=1))
         create_attack("em", **ATTACK_TEST_OPTIONS["em"]).poison(tiny.take(50))
+        create_attack("deepconfuse", **ATTACK_TEST_OPTIONS["deepconfuse"]).fit(tiny)  # public too
         draws.append((np.random.rand(), torch.rand(1).item()))
         np.random.seed(seed)
         torch.manual_seed(seed)

@@ -208,12 +208,15 @@ def keeps_global_rng(fn: Callable) -> Callable:
     seeds its own draws gets the same ones whatever library call ran in between (each call seeded the global
     generator with its own seed, so later draws were the same for every seed the user set). Only the outermost
     call forks: inside the package the random streams stay as they were (a victim trained within an attack
-    reseeds the global generator for what follows it), so results are those of earlier versions bit for bit."""
+    reseeds the global generator for what follows it), so results are those of earlier versions bit for bit.
+    The CUDA generators are kept too wherever CUDA is available (a seed queued before CUDA started would otherwise
+    be replaced). torch's generator is one per process: calls from several threads at once restore each other's
+    states, so keep library calls that train or craft to one thread."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if getattr(_OUTERMOST, "active", False):
             return fn(*args, **kwargs)
-        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        cuda = torch.cuda.is_available()
         _OUTERMOST.active = True
         try:
             with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):

@@ -30,15 +30,15 @@ def require_unperturbed(data: ImageSet, name: str = "the set") -> None:
     """Refuse to perturb a set that an attack or a purifier already changed: its record would name the clean images
     of its source, which the new perturbation's budget would not hold against (the earlier one adds to it), and the
     earlier step would vanish from the record or read as coming after."""
-    method = data.provenance.get("method")
+    method, source = data.provenance.get("method"), f" ({data.source})" if data.source else ""
     if method:
-        raise UnlearnableError(f"{name} is already poisoned ({method}): start from its clean source ({data.source}), "
+        raise UnlearnableError(f"{name} is already poisoned ({method}): start from its clean source{source}, "
                                "or export it as a folder to treat its images as new ones")
-    purified = (data.provenance.get("purified_by") or {}).get("method")
-    if purified:
-        raise UnlearnableError(f"{name} is a purified set ({purified}): its images are not its source's clean ones, "
-                               f"so no budget against those could hold; start from the source ({data.source}), or "
-                               "export it as a folder to treat its images as new ones")
+    record = data.provenance.get("purified_by") or {}
+    if record.get("method") and record.get("flagged") != []:  # purify_flagged with nothing flagged changed nothing
+        raise UnlearnableError(f"{name} is a purified set ({record['method']}): its images are not its source's "
+                               f"clean ones, so no budget against those could hold; start from the source{source}, "
+                               "or export it as a folder to treat its images as new ones")
 
 
 @dataclass

@@ -97,6 +97,7 @@ from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check, check_choice
 from ..resume import rng_state, set_rng_state
+from ..training import keeps_global_rng
 from .base import Attack, require_unperturbed
 
 log = logging.getLogger(__name__)
@@ -396,6 +397,7 @@ class DeepConfuse(Attack):
         self.fit(data)
         return protect(self.generator_, data.x[index]).astype(np.float32) / 255, data.y[index]
 
+    @keeps_global_rng
     def fit(self, data: ImageSet) -> "DeepConfuse":
         """Train the generator on the clean set ``data``; the best one is ``generator_``, the trial log ``history_``.
 

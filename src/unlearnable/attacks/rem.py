@@ -113,6 +113,9 @@ class REM(Attack):
         # used later: with ratio < 1 the surrogate still sees every image (until 2026-12-06 it saw the chosen ones)
         batches = _Batches(len(data), self.batch_size, gen, device)
         state = self.load_state()
+        if state is not None and self.ratio < 1 and state.get("alternation") != "whole-set":
+            log.warning("rem: ignoring a state saved before the alternation ran over the whole set; starting afresh")
+            state = None
         if state is not None:
             model.load_state_dict(state["model"])
             trainer.opt.load_state_dict(state["opt"])
@@ -176,5 +179,5 @@ class REM(Attack):
         self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
                          "sched": trainer.sched.state_dict(), "gen": gen.get_state(),
                          "perm": batches.perm, "pos": batches.pos,
-                         "torch_rng": torch.get_rng_state(), "step": step, "done": done,
+                         "torch_rng": torch.get_rng_state(), "step": step, "done": done, "alternation": "whole-set",
                          "delta": None if delta is None else delta.cpu()})

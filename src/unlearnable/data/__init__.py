@@ -61,9 +61,10 @@ def reload_source(data: ImageSet) -> tuple[ImageSet, ImageSet]:
         moved = ["train"] if names is not None and (now is None or max(index, default=-1) >= len(now)
                                                     or [now[i] for i in index] != list(names)) else []
     if moved:
-        raise UnlearnableError(f"{data.source} has changed since this set was made (its {' and '.join(moved)} "
-                               "images differ): its clean images and test split are no longer the set's; restore "
-                               "the source or make the set again")
+        decoded = " (or this version decodes its images differently)" if data.source.startswith("folder:") else ""
+        raise UnlearnableError(f"{data.source} has changed since this set was made{decoded}: its "
+                               f"{' and '.join(moved)} images differ, so its clean images and test split are no "
+                               "longer the set's; restore the source or make the set again")
     return train, test
 
 

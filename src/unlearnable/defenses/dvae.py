@@ -430,12 +430,12 @@ class RateConstrainedVAE(Purifier):
         return torch.Generator(device=self._device()).manual_seed(self.seed + 7919 * offset)
 
     def fit(self, data: ImageSet) -> "RateConstrainedVAE":
-        self._start(data)
         with self._fitting():
+            self._start(data)
             self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
         return self
 
-    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "_fit_cache")
+    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "perturbation_", "_fit_cache")
 
     @contextlib.contextmanager
     def _fitting(self):
@@ -580,8 +580,8 @@ class DVAE(RateConstrainedVAE):
         return loss, np.array([rec.item(), kld.item(), p2.item()])
 
     def fit(self, data: ImageSet) -> "DVAE":
-        self._start(data)
         with self._fitting():
+            self._start(data)
             return self._fit_stages(data)
 
     def _fit_stages(self, data: ImageSet) -> "DVAE":

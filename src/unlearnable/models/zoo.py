@@ -35,8 +35,8 @@ def resnet50(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
 def _vgg(builder, in_channels: int, num_classes: int, image_size: int, image_width: int | None) -> nn.Module:
     m = builder(num_classes=num_classes)
     m.features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
-    image_size = min(image_size, image_width or image_size)  # the shorter side decides (40 x 28 as 28 x 28)
-    if image_size < 32:  # five 2x2 pools would shrink 28 pixels to nothing: drop the last one
+    if min(image_size, image_width or image_size) < 32:  # five 2x2 pools would shrink a side of 28 pixels to
+        # nothing: drop the last one (the shorter side decides: 40 x 28 as 28 x 28)
         last = max(i for i, layer in enumerate(m.features) if isinstance(layer, nn.MaxPool2d))
         m.features[last] = nn.Identity()
     if _small(image_size):

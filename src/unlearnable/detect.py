@@ -522,10 +522,7 @@ def purify_flagged(data: ImageSet, detection: Detection, defense: Any, fit: bool
     so clean samples are not blurred by a purifier they never needed. ``fit=False``: ``defense`` was already
     fitted on ``data``.
     """
-    require_set(data, "the set")
-    if not isinstance(detection, Detection):  # a list of indices was an AttributeError
-        raise UnlearnableError(f"detection must be a Detection (from detect() or flag()), got "
-                               f"{type(detection).__name__}")
+    _require_detection(data, detection)
     flagged = as_indices(detection.flagged, len(data), "flagged")
     if len(flagged) and fit:
         defense.fit(data)
@@ -537,16 +534,21 @@ def drop_flagged(data: ImageSet, detection: Detection) -> ImageSet:
     detector is precise and the set can spare them (a victim then learns from the unflagged images only).
     ``provenance["source_index"]`` keeps where each remaining sample came from; ``changed`` is renumbered, so
     what a detector missed stays known."""
-    require_set(data, "the set")
-    if not isinstance(detection, Detection):
-        raise UnlearnableError(f"detection must be a Detection (from detect() or flag()), got "
-                               f"{type(detection).__name__}")
+    _require_detection(data, detection)
     keep = ~index_mask(detection.flagged, len(data))
     if not keep.any():
         raise UnlearnableError(f"every one of the {len(data)} samples was flagged: dropping them leaves nothing")
     kept = data.subset(np.flatnonzero(keep))
     kept.provenance["dropped"] = {"by": detection.method, "count": int((~keep).sum()), "of": len(data)}
     return kept
+
+
+def _require_detection(data: ImageSet, detection: Any) -> None:
+    """One-line errors for what is not a set and a :class:`Detection` (a list of indices was an AttributeError)."""
+    require_set(data, "the set")
+    if not isinstance(detection, Detection):
+        raise UnlearnableError(f"detection must be a Detection (from detect() or flag()), got "
+                               f"{type(detection).__name__}")
 
 
 def index_mask(indices: np.ndarray | list[int], n: int) -> np.ndarray:

@@ -324,6 +324,10 @@ def test_api_inputs_that_were_tracebacks_are_one_line_errors(tiny):
                 lambda: detect(tiny, "simple", model="svm-linear")):
         with pytest.raises(UnlearnableError):
             bad()
+    for bad in (lambda: tiny.take(-1), lambda: tiny.take(2.5), lambda: create_model("cnn", 1, 0, 28),
+                lambda: create_attack("tap", shift=0), lambda: create_attack("sep", shift=0)):
+        with pytest.raises(UnlearnableError):
+            bad()
     with pytest.raises(UnlearnableError, match="transpose"):
         ImageSet(tiny.x.transpose(0, 2, 3, 1), tiny.y, tiny.classes)
     # a fixed transform may give flat images (1-bit depth of dark ones): only a learned purifier is refused for it

@@ -58,6 +58,7 @@ class SEP(Attack):
         check(self.steps >= 1 and self.checkpoints >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, checkpoints, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
+        check(self.shift != 0, "shift 0 targets each image's own class; give a shift of 1 or more")
         if self.checkpoints > self.surrogate_epochs:
             log.warning("sep: %d checkpoints from a %d-epoch run: the ensemble has %d (one an epoch)",
                         self.checkpoints, self.surrogate_epochs, self.surrogate_epochs)

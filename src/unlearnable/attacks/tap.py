@@ -56,6 +56,7 @@ class TAP(Attack):
         check(self.steps >= 1 and self.restarts >= 1 and self.surrogate_epochs >= 1 and self.batch_size >= 1,
               "steps, restarts, surrogate_epochs and batch_size must be >= 1")
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
+        check(self.shift != 0, "shift 0 targets each image's own class; give a shift of 1 or more")
 
     def _step_size(self) -> float:
         if self.step_size is not None:

@@ -128,6 +128,8 @@ class ImageSet:
     def take(self, n: int, seed: int = 0, stratified: bool = True) -> "ImageSet":
         """A seeded random subset of ``n`` samples (class-balanced when ``stratified``: equal shares, and what a
         small class cannot fill is shared among the others)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:  # take(2.5) gave 3, take(-1) none
+            raise UnlearnableError(f"take needs a whole number of samples >= 0, got {n!r}")
         if n >= len(self):
             return self
         if not stratified:

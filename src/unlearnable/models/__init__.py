@@ -44,6 +44,11 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
     if w != h and "image_width" in inspect.signature(MODELS.get(name)).parameters:
         kwargs["image_width"] = w
     factory = MODELS.get(name)
+    if num_classes < 1 or in_channels < 1:
+        from ..errors import UnlearnableError
+
+        raise UnlearnableError(f"model {name} needs one or more classes and input channels, got {num_classes} and "
+                               f"{in_channels}")
     params = inspect.signature(factory).parameters
     known = set(params) - {"in_channels", "num_classes", "image_size"}
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())

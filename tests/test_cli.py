@@ -157,14 +157,14 @@ def test_poison_info_train_export_purify(tmp_path):
     info = run("info", str(tmp_path / "pur2"), check_rc=0).stdout
     assert info.index("purified:   bdr") < info.index("purified:   jpeg") and "the attack's;" in info
     # a purified clean set is no clean start for an attack either: the budget against its source would not hold
-    from unlearnable.cli import _refuse_poisoned
+    from unlearnable.attacks.base import require_unperturbed
     from unlearnable.data import load_set
     from unlearnable.errors import UnlearnableError
 
     purified = load_set(tmp_path / "pur2")
     del purified.provenance["method"]
     with pytest.raises(UnlearnableError, match=r"is a purified set \(jpeg\)"):
-        _refuse_poisoned(purified, "SET")
+        require_unperturbed(purified, "SET")
 
 
 def test_a_failed_save_keeps_the_attack_state_and_ctrl_c_exits_130(tmp_path, monkeypatch):

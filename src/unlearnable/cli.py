@@ -134,6 +134,7 @@ def poison(
     if norm is not None:
         options["norm"] = norm
     from .attacks import ATTACKS, create_attack
+    from .attacks.base import require_unperturbed
 
     if eps is not None and not ATTACKS.get(attack).changes_images:  # recorded, but no pixel changes
         raise UnlearnableError(f"{attack} changes labels only: --eps does not apply to it")
@@ -148,7 +149,7 @@ def poison(
     from .data import load, save_set
 
     train, _ = load(data)
-    _refuse_poisoned(train, data)
+    require_unperturbed(train, data)  # a perturbation on a perturbed set: refused before any work
     if subset:
         train = _take(train, subset, seed)
     _say(f"poisoning {len(train)} images of {train.source} with {attack} ...")
@@ -173,13 +174,6 @@ def _own_options(options: dict, *names: str) -> None:
     for name in names:
         if name in options:
             raise UnlearnableError(f"give {name} as --{name}, not --set {name}=...")
-
-
-def _refuse_poisoned(data, spec: str) -> None:
-    """Stacking a perturbation on a poisoned (or purified) saved set: refused before any work, naming ``spec``."""
-    from .attacks.base import require_unperturbed
-
-    require_unperturbed(data, spec)
 
 
 def _unchanged_note(pairs) -> str:
@@ -372,6 +366,7 @@ def protect(
     --png protects every image of a folder and mirrors it: OUT/train/<class>/<file>.png (and OUT/test/ when the
     folder has train/ and test/)."""
     _check_out(out, overwrite, data, str(generator))
+    from .attacks.base import require_unperturbed
     from .attacks.deepconfuse import load_generator, protect_set
     from .data import export_png, load, save_set
     from .data.sources import unsplit
@@ -379,7 +374,7 @@ def protect(
 
     gen = load_generator(_generator_file(generator), resolve_device())
     train, test = load(data)
-    _refuse_poisoned(train, data)
+    require_unperturbed(train, data)  # a perturbation on a perturbed set: refused before any work
     folder = data.startswith("folder:")  # a saved set made from a folder is protected as the set it is
     carved = folder and test.provenance.get("carved")  # one tree split 80/20 on loading
     if png and folder:

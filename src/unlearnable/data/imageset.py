@@ -165,12 +165,12 @@ def stratified_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of a seeded class-balanced subset of ``n`` of the labels ``y``: equal shares, and what a small
     class cannot fill is shared among the classes with samples left (any ``n`` up to ``len(y)``, any class sizes)."""
     y = np.asarray(y)
-    rng = np.random.default_rng(seed)
+    rng, n = np.random.default_rng(seed), min(n, len(y))
     sizes = np.bincount(y)
     quota = np.zeros(len(sizes), dtype=np.int64)
-    while quota.sum() < min(n, len(y)):
+    while quota.sum() < n:
         open_ = np.flatnonzero(quota < sizes)
-        for c, chunk in zip(open_, np.array_split(np.arange(min(n, len(y)) - quota.sum()), len(open_))):
+        for c, chunk in zip(open_, np.array_split(np.arange(n - quota.sum()), len(open_))):
             quota[c] += min(len(chunk), sizes[c] - quota[c])
     idx = [rng.choice(np.flatnonzero(y == c), quota[c], replace=False) for c in range(len(sizes))]
     return np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)

@@ -319,8 +319,7 @@ class RateConstrainedVAE(Purifier):
         """Begin a fit: the state of an interrupted run on the same data with the same parameters, if any."""
         require_set(data, "the set to fit on")
         self._check_data(data)
-        for name in self.FITTED:  # nothing of an earlier fit survives into this one
-            self.__dict__.pop(name, None)
+        self._forget()  # nothing of an earlier fit survives into this one
         self._remember(data)
         self.bind_state(data)
         self._run = self.load_state() or {"done": {}, "current": None}
@@ -444,9 +443,12 @@ class RateConstrainedVAE(Purifier):
         try:
             yield
         except BaseException:
-            for name in self.FITTED:
-                self.__dict__.pop(name, None)
+            self._forget()
             raise
+
+    def _forget(self) -> None:
+        for name in self.FITTED:
+            self.__dict__.pop(name, None)
 
     def _remember(self, data: ImageSet) -> None:
         self.shape_ = (data.channels, *data.image_size)

@@ -447,16 +447,18 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     monkeypatch.setattr(demo, "load", lambda spec: (small_train.take(300, seed=0), small_test.take(200, seed=0)))
     monkeypatch.setattr(demo, "DEMO_ATTACK", ("random-noise", {"mode": "class"}))
     monkeypatch.setattr(demo, "DEMO_DEFENSES", (("jpeg", {}), ("dvae", {"preset": "fast", "epochs": 1, "width": 4})))
-    rows = demo.run_demo(out=tmp_path, eps=32 / 255, subset=None, cfg=TrainConfig(epochs=1))
-    assert [r["training data"] for r in rows] == ["clean", "random-noise (32/255)", "random-noise + jpeg",
+    rows = demo.run_demo(out=tmp_path, eps=0.1, subset=None, cfg=TrainConfig(epochs=1))  # 25.5 levels: 25 moved
+    assert [r["training data"] for r in rows] == ["clean", "random-noise (25/255)", "random-noise + jpeg",
                                                   "random-noise + dvae"]
     assert all(0 <= r["test_acc"] <= 1 for r in rows)
     text = (tmp_path / "results.md").read_text()
-    assert "32/255" in text and "victim cnn (width=16)" in text  # the budget and the victim it was measured with
+    assert "25/255" in text and "26/255" not in text and "victim cnn (width=16)" in text  # budget, victim, and
+    assert "purifiers jpeg (defaults), dvae (preset=fast, epochs=1, width=4)" in text  # the purifiers' settings
     assert text.count("\n| ") == 5  # the header and four rows
     assert (tmp_path / "grid.png").stat().st_size > 1000
     poisoned = load_set(tmp_path / "poisoned")
     assert len(poisoned) == 300 and len(load_set(tmp_path / "purified-dvae")) == 300
+    assert np.abs(poisoned.x.astype(int) - small_train.take(300, seed=0).x).max() == 25
     demo.check_demo_out(tmp_path)  # a second run may replace an earlier demo's results ...
     (tmp_path / demo.MARK).unlink()
     demo.check_demo_out(tmp_path)  # ... those of a version before the mark too ...

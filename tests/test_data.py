@@ -485,3 +485,24 @@ def test_partial_of_a_set_nothing_changed_and_its_label_record(small_train):
     assert half.provenance["label_changed"] == half.provenance["changed"]  # those that kept their flipped label
     none = flipped.replace(provenance={**flipped.provenance, "changed": []})
     assert partial(none, 0.5, clean=small_train.take(40)).provenance["changed"] == []  # was a ValueError
+
+
+def test_info_grid_shows_relabelled_samples_with_both_labels(small_train, monkeypatch, tmp_path):
+    """A label-only attack changes no pixel: its grid shows relabelled samples first, each titled with its clean
+    label too (a column titled with the flipped class showed another class's image, unmarked)."""
+    from unlearnable import report
+
+    clean = small_train.take(60)
+    flipped = create_attack("label-flip", ratio=0.5, seed=0).poison(clean)
+    shown = {}
+    monkeypatch.setattr(report, "image_grid", lambda rows, png, classes=None, labels=None, titles=None:
+                        shown.update(rows=rows, titles=titles))
+    report.set_grid(flipped, clean, report.images_differ(flipped.x, clean.x), tmp_path / "g.png")
+    relabelled = set(np.flatnonzero(flipped.y != clean.y))
+    idx = report.subset_for_grid(flipped, prefer=flipped.y != clean.y)
+    assert {i for i in idx if i in relabelled} and len(shown["titles"]) == len(idx)
+    for i, title in zip(idx, shown["titles"]):
+        assert title.startswith(clean.classes[flipped.y[i]])
+        assert (f"(clean: {clean.classes[clean.y[i]]})" in title) == (i in relabelled)
+    has_flip = {flipped.y[i] for i in relabelled}  # every class with a relabelled sample shows one
+    assert all(i in relabelled for i in idx if flipped.y[i] in has_flip)

@@ -74,10 +74,11 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
         linf, l2 = np.abs(d).max(1), np.sqrt((d.astype(np.float64) ** 2).sum(1)) / 255
         ps = psnr(x[changed], clean.x[changed])
         lines.append(f"L-inf:      max {linf.max()}/255, mean {linf.mean():.2f}/255")
-        lines.append(f"L2:         max {l2.max():.3f}, mean {l2.mean():.3f}")
+        lines.append(f"L2:         max {l2.max():.3f}, mean {l2.mean():.3f} (pixels on the [0, 1] scale)")
         lines.append(f"PSNR:       mean {np.mean(ps[np.isfinite(ps)]):.2f} dB (changed images)")
         ssim = mean_ssim(x[changed], clean.x[changed])
-        lines.append(f"SSIM:       mean {ssim:.4f} (changed images)" if ssim == ssim
+        sampled = f"; a seeded sample of {SSIM_SAMPLES}" if len(changed) > SSIM_SAMPLES else ""
+        lines.append(f"SSIM:       mean {ssim:.4f} (changed images{sampled})" if ssim == ssim
                      else "SSIM:       n/a (images under 3 pixels a side)")
     if grid is not None:
         lines.append(f"grid:       {set_grid(data, clean, differs, grid)}")
@@ -100,9 +101,12 @@ def _save_png(fig, path: str | Path) -> Path:
 
 
 def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes: Sequence[str] | None = None,
-               labels: np.ndarray | None = None) -> Path:
-    """Save a PNG grid: one row per ``(title, uint8 N x C x H x W images)``, the same N columns in each row."""
+               labels: np.ndarray | None = None, titles: Sequence[str] | None = None) -> Path:
+    """Save a PNG grid: one row per ``(title, uint8 N x C x H x W images)``, the same N columns in each row, each
+    column titled ``titles[c]`` or else its class, ``classes[labels[c]]``."""
     n = len(rows[0][1])
+    if titles is None and classes is not None and labels is not None:
+        titles = [classes[k] for k in labels]
     fig, axes = _figure(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)))
     for r, (title, imgs) in enumerate(rows):
         for c in range(n):
@@ -112,8 +116,8 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], path: str | Path, classes
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
-            if r == 0 and classes is not None and labels is not None:
-                ax.set_title(classes[labels[c]], fontsize=7)
+            if r == 0 and titles is not None:
+                ax.set_title(titles[c], fontsize=7)
     return _save_png(fig, path)
 
 
@@ -146,11 +150,14 @@ def curve_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path:
 def set_grid(data: ImageSet, clean: ImageSet, changed: np.ndarray, png: str | Path, per_class: int = 1) -> Path:
     """A PNG of what a saved set did to its images: the clean image, the saved one and their difference magnified
     (mid-grey = unchanged; white / black = +- the attack's budget, or for a purified set, or one without a budget,
-    the largest change shown), ``per_class`` columns per class, each a ``changed`` sample (boolean mask) where the
-    class has one."""
+    the largest change shown), ``per_class`` columns per class (the set's labels), each a ``changed`` sample (boolean
+    mask) or a relabelled one where the class has one; a relabelled column's title names its clean label too."""
     from .data.store import budget_levels
 
-    idx = subset_for_grid(data, per_class, prefer=changed)
+    relabelled = data.y != clean.y
+    idx = subset_for_grid(data, per_class, prefer=changed | relabelled)
+    titles = [data.classes[data.y[i]] + (f"\n(clean: {clean.classes[clean.y[i]]})" if relabelled[i] else "")
+              for i in idx]
     x = np.asarray(data.x)
     delta = x[idx].astype(np.int16) - clean.x[idx]
     p = data.provenance
@@ -159,7 +166,7 @@ def set_grid(data: ImageSet, clean: ImageSet, changed: np.ndarray, png: str | Pa
     name = p["purified_by"]["method"] if "purified_by" in p else p.get("method", "saved")
     role = "purified" if "purified_by" in p else "poisoned" if "method" in p else "saved"
     return image_grid([("clean", clean.x[idx]), (f"{role}\n({name})", x[idx]),
-                       (f"difference\n(+-{levels} levels)", magnify(delta, levels))], png, data.classes, data.y[idx])
+                       (f"difference\n(+-{levels} levels)", magnify(delta, levels))], png, titles=titles)
 
 
 def magnify(perturbation: np.ndarray, eps_levels: float) -> np.ndarray:

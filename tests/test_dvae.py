@@ -194,6 +194,12 @@ def test_threshold_and_metrics():
     assert m["f1"] == 1.0 and m["accuracy"] == 1.0 and m["auc"] == 1.0
     m = detection_metrics([0, 1], [1, 2], 4)
     assert (m["precision"], m["recall"], m["accuracy"]) == (0.5, 0.5, 0.5)
+    m = detection_metrics([], [], 4)  # a clean set, nothing flagged: perfect, not precision/recall/F1 of 0
+    assert (m["accuracy"], m["precision"], m["recall"], m["f1"]) == (1.0, None, None, None)
+    m = detection_metrics([], [1], 4)  # the poisoned sample missed
+    assert (m["precision"], m["recall"], m["f1"]) == (None, 0.0, 0.0)
+    m = detection_metrics([0], [], 4)  # a false alarm on a clean set
+    assert (m["precision"], m["recall"], m["f1"]) == (0.0, None, 0.0)
     from unlearnable.data import ImageSet
 
     with pytest.raises(UnlearnableError, match="unknown detector"):
@@ -220,6 +226,19 @@ def test_detect_takes_a_fitted_dvae_and_checks_threshold_and_set_check_inputs(ti
         check_set(pair, small_test)
     with pytest.raises(UnlearnableError, match="same shape"):
         check_set(tiny_set, small_test.replace(x=small_test.x[:, :, :14, :14]))
+
+
+def test_set_check_is_not_fooled_by_a_class_mix(small_train, small_test):
+    """A clean set rich in three easy classes (trouser, bag, ankle boot) against the balanced test split: plain
+    accuracies differ by ~16 points with no poison at all, and the check said POISONED."""
+    from unlearnable.detect import check_set
+
+    easy = np.isin(small_train.y, [1, 8, 9])
+    keep = np.flatnonzero(easy | (np.arange(len(small_train)) % 10 == 0))
+    mixed = small_train.subset(keep)
+    assert np.bincount(mixed.y).max() > 5 * np.bincount(mixed.y).min()
+    found = check_set(mixed, small_test)
+    assert not found["poisoned"] and abs(found["gap"]) < found["threshold"], found
 
 
 def test_a_diverging_fit_is_an_error_not_a_black_set(tiny_set):

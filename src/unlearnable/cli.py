@@ -560,7 +560,7 @@ def detect(
     typer.echo(f"{method}: flagged {summary['flagged']} of {summary['samples']} ({share}threshold "
                f"{summary['threshold']:.4g}){caveat}")
     for k, v in summary.get("metrics", {}).items():
-        typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+        typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {'n/a (0 / 0)' if v is None else v}")
     if "purified" in summary:
         typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
     if "dropped" in summary:

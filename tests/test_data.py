@@ -506,3 +506,14 @@ def test_info_grid_shows_relabelled_samples_with_both_labels(small_train, monkey
         assert (f"(clean: {clean.classes[clean.y[i]]})" in title) == (i in relabelled)
     has_flip = {flipped.y[i] for i in relabelled}  # every class with a relabelled sample shows one
     assert all(i in relabelled for i in idx if flipped.y[i] in has_flip)
+
+
+def test_subset_renumbers_the_samples_a_purifier_was_given(small_train):
+    """detect --purify records the flagged positions; a later drop or take kept the old ones (pointing elsewhere)."""
+    data = small_train.take(8)
+    data.provenance.update(purified_by={"method": "jpeg", "params": {}, "flagged": [1, 3, 5]},
+                           purified_before=[{"method": "bdr", "params": {}, "flagged": [0, 3]}, {"method": "x"}])
+    part = data.subset(np.array([3, 4, 5]))
+    assert part.provenance["purified_by"]["flagged"] == [0, 2]
+    assert part.provenance["purified_before"] == [{"method": "bdr", "params": {}, "flagged": [0]}, {"method": "x"}]
+    assert data.provenance["purified_by"]["flagged"] == [1, 3, 5]  # the original's record is not touched

@@ -111,16 +111,26 @@ class ImageSet:
 
     def subset(self, index: np.ndarray) -> "ImageSet":
         """The samples at ``index``; ``provenance["source_index"]`` keeps their positions in the source split (and
-        ``provenance["file_names"]``, for folder data, their files). The per-sample records follow: ``changed`` and
-        ``label_changed`` (positions) are renumbered to the subset's, ``norms`` (one value per sample) are sliced."""
+        ``provenance["file_names"]``, for folder data, their files). The per-sample records follow: ``changed``,
+        ``label_changed`` and a purifier's ``flagged`` (positions) are renumbered to the subset's, ``norms`` (one value
+        per sample) are sliced."""
         index = as_indices(index, len(self))
         base = np.asarray(self.provenance.get("source_index", np.arange(len(self))))
         provenance = {**self.provenance, "source_index": base[index].tolist()}
         if "file_names" in provenance:
             provenance["file_names"] = [provenance["file_names"][i] for i in index.tolist()]
-        for key in ("changed", "label_changed"):  # positions in this set -> positions in the subset
+        def renumber(positions: list[int]) -> list[int]:  # positions in this set -> positions in the subset
+            return np.flatnonzero(np.isin(index, np.asarray(positions, np.int64))).tolist()
+
+        for key in ("changed", "label_changed"):
             if key in provenance:
-                provenance[key] = np.flatnonzero(np.isin(index, np.asarray(provenance[key], np.int64))).tolist()
+                provenance[key] = renumber(provenance[key])
+        for key in ("purified_by", "purified_before"):  # a purifier given only the flagged samples lists them
+            records = provenance.get(key)
+            if isinstance(records, (dict, list)):
+                renumbered = [{**r, "flagged": renumber(r["flagged"])} if isinstance(r, dict) and "flagged" in r
+                              else r for r in (records if isinstance(records, list) else [records])]
+                provenance[key] = renumbered if isinstance(records, list) else renumbered[0]
         if isinstance(provenance.get("norms"), dict):
             provenance["norms"] = {k: np.asarray(v)[index].tolist() for k, v in provenance["norms"].items()}
         return self.replace(x=np.ascontiguousarray(self.x[index]), y=self.y[index].copy(), provenance=provenance)

@@ -143,8 +143,10 @@ def test_contrast_detector_network_sees_sample_wise_textures(poisoned, data, sma
     assert contrast_detect(mixed, small_test, network=False).parts == {}
 
 
-def test_em_resumes_from_checkpoint(tmp_path, data, crash):
+def test_em_resumes_from_checkpoint(tmp_path, data, crash, monkeypatch):
+    from unlearnable import resume
     from unlearnable.attacks.em import EM
+    from unlearnable.errors import UnlearnableError
 
     sub = data.take(300, seed=1)
     opts = dict(eps=EPS, mode="sample", steps=2, max_rounds=3, train_steps=2, seed=4, stop_error=0.0, model_width=8)
@@ -163,6 +165,12 @@ def test_em_resumes_from_checkpoint(tmp_path, data, crash):
     np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
     assert not (tmp_path / "state.pt").exists()
     (tmp_path / "state.pt").write_bytes(b"garbage")  # a damaged or foreign file: a fresh start, not a traceback
+    assert resumed.load_state() is None
+    resumed.save_state({"model": {"nope": torch.zeros(1)}})  # its tag fits this run, its contents do not
+    assert resumed.load_state() is not None
+    with pytest.raises(UnlearnableError, match="state.pt does not fit this run .*delete it"):  # not a traceback
+        resumed.poison(sub)
+    monkeypatch.setattr(resume, "code_digest", lambda: "another version")  # written by other code: not reused
     assert resumed.load_state() is None
 
 

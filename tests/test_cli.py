@@ -180,7 +180,8 @@ def test_a_failed_save_keeps_the_attack_state_and_ctrl_c_exits_130(tmp_path, mon
 
     monkeypatch.setattr(data_mod, "save_set", full_disk)
     p = run(*poison, str(tmp_path / "em"))
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: No space left on device", p.stderr
+    kept = f" (the work so far is kept in {tmp_path / '.em.state.pt'}: the same command resumes it)"  # said
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: No space left on device" + kept, p.stderr
     assert (tmp_path / ".em.state.pt").is_file()  # the crafting is not lost with the save
     monkeypatch.setattr(data_mod, "save_set", save_set)
     assert "resuming" in run(*poison, str(tmp_path / "em"), check_rc=0).stderr
@@ -234,8 +235,10 @@ def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):
 
 @pytest.mark.parametrize("command", ["detect", "dvae-check"])
 def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path, crash):
-    """The two commands with no --out keep the D-VAE's training state in the cache, keyed by the data."""
-    from unlearnable.data import cache_dir, load
+    """The two commands with no --out keep the D-VAE's training state in the cache, keyed by the data and the
+    options (a run with other options overwrote, then deleted, an interrupted one's state)."""
+    from unlearnable.cli import _state_in_cache
+    from unlearnable.data import load
     from unlearnable.defenses.dvae import DVAE
     from unlearnable.detect import detect
 
@@ -243,7 +246,9 @@ def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path
     run("poison", "--attack", "random-noise", "--subset", "256", "--set", "mode=class", "--out", str(out),
         check_rc=0)
     (data, _), opts = load(str(out)), {"width": 4, "epochs": 3, "batch_size": 64}
-    state = cache_dir() / "state" / f"{command}-{data.fingerprint()}.pt"
+    as_given = {**{k: str(v) for k, v in opts.items()}, "preset": "fast"}  # --set values, and the commands' preset
+    state = Path(_state_in_cache(command, data, as_given))
+    assert state != Path(_state_in_cache(command, data, {**as_given, "epochs": "1"}))
     # what both commands fit: stage 1 with the fast preset; crash in its second epoch
     crash(partial(DVAE, **opts, skip="s2", preset="fast"), "fit", data, state, (DVAE, "_loss", 7))
     assert state.is_file()

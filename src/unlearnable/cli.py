@@ -503,7 +503,7 @@ def detect(
         _say(f"{data} has no test split of its own: its seeded training split ({len(train)} images) is scored, the "
              f"{unscored} others are not (give a folder train/ and test/, an npz x_test and y_test, to choose them)")
     verdict = None if test is None else check_set(train, test)
-    state = _state_in_cache("detect", train) if method == "dvae" else None
+    state = _state_in_cache("detect", train, options) if method == "dvae" else None
     result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
     changed = train.provenance.get("changed")
     summary = {"set": verdict, **result.summary(changed)}
@@ -645,7 +645,7 @@ def dvae_check(
     from .training import TrainConfig
 
     cfg = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
-    res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train),
+    res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train, options),
                 **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat RMS {res['p_rms'] * 255:.1f} levels of 255)")
@@ -666,16 +666,25 @@ def _state_next_to(out: Path) -> str:
     return str(out.parent / f".{out.name}.state.pt")
 
 
-def _state_in_cache(command: str, data) -> str:
-    """Where a command with no ``--out`` keeps its state: the cache, keyed by the data's fingerprint."""
+def _state_in_cache(command: str, data, options: dict) -> str:
+    """Where a command with no ``--out`` keeps its state: the cache, keyed by the data's fingerprint and the job's
+    options (a run with other options must not overwrite, then delete, an interrupted one's state)."""
+    import hashlib
+    import json
+
     from .data import cache_dir
 
-    state = str(cache_dir() / "state" / f"{command}-{data.fingerprint()}.pt")
+    key = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    state = str(cache_dir() / "state" / f"{command}-{data.fingerprint()}-{key}.pt")
     _announce(state)
     return state
 
 
+_STATES: list[str] = []  # the state files of this command's jobs: said when it stops before its end
+
+
 def _announce(state: str) -> None:
+    _STATES.append(state)
     if Path(state).is_file():
         _say(f"found {state} from an interrupted run: resuming it (if it had the same parameters and data)")
 
@@ -688,30 +697,37 @@ def main() -> None:
     """Entry point: every :class:`UnlearnableError`, usage error and :class:`OSError` becomes one line on stderr and
     exit code 2; Ctrl-C says "aborted" and exits 130."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _STATES.clear()  # (a caller may run several commands in one process)
     try:
         code = app(standalone_mode=False)  # typer answers Ctrl-C by returning 130 here, not by raising Abort
         if isinstance(code, int) and code:
             if code == 130:
-                typer.echo("aborted", err=True)
+                typer.echo(f"aborted{_kept()}", err=True)
             sys.exit(code)
     except UnlearnableError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e}{_kept()}", err=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
     except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
+        typer.echo(f"aborted{_kept()}", err=True)
         sys.exit(130)
     except OSError as e:  # an unwritable --out, a full disk, an unreadable file: the system's one line
         where = f": {e.filename}" if e.filename else ""
-        typer.echo(f"error: {e.strerror or e}{where}", err=True)
+        typer.echo(f"error: {e.strerror or e}{where}{_kept()}", err=True)
         sys.exit(2)
     except Exception as e:
         if _is_usage_error(e):
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
         raise
+
+
+def _kept() -> str:
+    """For the line that ends a command early: where its work so far is kept, if anywhere."""
+    kept = [s for s in dict.fromkeys(_STATES) if Path(s).is_file()]
+    return f" (the work so far is kept in {', '.join(kept)}: the same command resumes it)" if kept else ""
 
 
 def _is_usage_error(e: Exception) -> bool:

@@ -1,21 +1,37 @@
 """Resumable long jobs: attacks and purifiers that train for minutes to days save their state at safe points.
 
 A caller (the CLI) sets ``job.checkpoint`` to a file path; the job writes its state there atomically, tagged with
-its parameters and a fingerprint of its data, and a later run with the same parameters on the same data continues
-from it - with the result an uninterrupted run gives, random number generators included. A state made with other
-parameters or other data is ignored (with a warning), never half-applied.
+its parameters, its data (a fingerprint of the pixels and labels, their shape, classes and source) and the code that
+wrote it, and a later run with the same parameters on the same data by the same code continues from it - with the
+result an uninterrupted run gives, random number generators included. A state made with other parameters, other
+data or other code (another version of the package, or an edited copy) is ignored with a warning, never half-applied.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .data.store import torch_save_atomic
+from .errors import UnlearnableError
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the package's source files: a state written by other code (an algorithm changed with no change
+    of parameters; a network of another shape) is not resumed by this one."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class Resumable:
@@ -33,10 +49,12 @@ class Resumable:
 
     def bind_state(self, data: Any) -> None:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
-        self._state_data = data.fingerprint() if self.checkpoint else None
+        self._state_data = None if not self.checkpoint else {
+            "fingerprint": data.fingerprint(), "shape": list(data.x.shape), "classes": list(data.classes),
+            "source": data.source}
 
     def _state_tag(self) -> dict[str, Any]:
-        return {"params": self.params(), "data": getattr(self, "_state_data", None)}
+        return {"params": self.params(), "data": getattr(self, "_state_data", None), "code": code_digest()}
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with parameters and data."""
@@ -50,11 +68,24 @@ class Resumable:
         saved = read_state(self.checkpoint)
         if saved is None:
             return None
-        if {k: saved.get(k) for k in ("params", "data")} != self._state_tag() or "state" not in saved:
-            log.warning("%s: ignoring %s (made with other parameters or data)", self.name, self.checkpoint)
+        tag = self._state_tag()
+        if {k: saved.get(k) for k in tag} != tag or "state" not in saved:
+            log.warning("%s: ignoring %s (made with other parameters, other data or another version of the code)",
+                        self.name, self.checkpoint)
             return None
         log.info("%s: resuming from %s", self.name, self.checkpoint)
         return saved["state"]
+
+    @contextmanager
+    def restoring(self):
+        """Around the use of a loaded state: one that does not fit this run after all is a one-line error that names
+        the file (the job's networks may hold part of it by then, so it cannot just be ignored)."""
+        try:
+            yield
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UnlearnableError(f"{self.name}: the state in {self.checkpoint} does not fit this run ({reason}); "
+                                   "delete it to start afresh") from None
 
     def finish_state(self) -> None:
         """The job has its result: remove the state, unless the caller keeps it until the result is saved."""

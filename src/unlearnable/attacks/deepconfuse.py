@@ -427,16 +427,17 @@ class DeepConfuse(Attack):
         first_trial, first_step, elapsed = 0, 0, 0.0
         state = self.load_state()
         if state is not None:
-            g_train.load_state_dict(state["g_train"])
-            g_frozen.load_state_dict(state["g_frozen"])
-            g_opt.load_state_dict(state["g_opt"])
-            best, self.history_, elapsed = state["best"], state["history"], state["seconds"]
-            if state["best_generator"] is not None:
-                self.generator_ = copy.deepcopy(g_frozen)
-                self.generator_.load_state_dict(state["best_generator"])
-            first_trial, first_step = state["trial"], state["step"]
-            if not first_step:  # saved between trials: the next classifier's initialisation draws from here
-                set_rng_state(state["rng"], gen)
+            with self.restoring():
+                g_train.load_state_dict(state["g_train"])
+                g_frozen.load_state_dict(state["g_frozen"])
+                g_opt.load_state_dict(state["g_opt"])
+                best, self.history_, elapsed = state["best"], state["history"], state["seconds"]
+                if state["best_generator"] is not None:
+                    self.generator_ = copy.deepcopy(g_frozen)
+                    self.generator_.load_state_dict(state["best_generator"])
+                first_trial, first_step = state["trial"], state["step"]
+                if not first_step:  # saved between trials: the next classifier's initialisation draws from here
+                    set_rng_state(state["rng"], gen)
         t0 = time.perf_counter() - elapsed
 
         def save(trial: int, step: int, trainer=None) -> None:
@@ -464,11 +465,12 @@ class DeepConfuse(Attack):
                                   device=device, gen=gen)
                 start = 0
                 if mid_trial:
-                    clf.load_state_dict(state["classifier"]["model"])
-                    trainer.opt.load_state_dict(state["classifier"]["opt"])
-                    trainer.sched.load_state_dict(state["classifier"]["sched"])
-                    set_rng_state(state["rng"], gen)
-                    start = first_step
+                    with self.restoring():
+                        clf.load_state_dict(state["classifier"]["model"])
+                        trainer.opt.load_state_dict(state["classifier"]["opt"])
+                        trainer.sched.load_state_dict(state["classifier"]["sched"])
+                        set_rng_state(state["rng"], gen)
+                        start = first_step
                 saved = time.perf_counter()
                 for step in range(start, steps):
                     idx = torch.randint(0, len(y), (self.batch_size,), generator=gen).to(device)

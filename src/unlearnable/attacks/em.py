@@ -109,12 +109,13 @@ class EM(Attack):
         batches = _Batches(len(data), self.batch_size, gen, device)
         state = self.load_state()
         if state is not None:
-            model.load_state_dict(state["model"])
-            trainer.opt.load_state_dict(state["opt"])
-            delta, start, error = state["delta"].to(device), state["round"], state["error"]
-            batches.perm, batches.pos = state["batches"]
-            set_rng_state(state["rng"], gen)
-            rounds = start
+            with self.restoring():
+                model.load_state_dict(state["model"])
+                trainer.opt.load_state_dict(state["opt"])
+                delta, start, error = state["delta"].to(device), state["round"], state["error"]
+                batches.perm, batches.pos = state["batches"]
+                set_rng_state(state["rng"], gen)
+                rounds = start
         with progress.task(f"em ({self.mode})", total=self.max_rounds) as advance:
             advance(start)
             for rnd in range(start, self.max_rounds):

@@ -113,19 +113,17 @@ class REM(Attack):
         # used later: with ratio < 1 the surrogate still sees every image (until 2026-12-06 it saw the chosen ones)
         batches = _Batches(len(data), self.batch_size, gen, device)
         state = self.load_state()
-        if state is not None and self.ratio < 1 and state.get("alternation") != "whole-set":
-            log.warning("rem: ignoring a state saved before the alternation ran over the whole set; starting afresh")
-            state = None
         if state is not None:
-            model.load_state_dict(state["model"])
-            trainer.opt.load_state_dict(state["opt"])
-            trainer.sched.load_state_dict(state["sched"])
-            step, done = state["step"], state["done"]
-            if state["delta"] is not None:
-                delta = state["delta"].to(device)
-            gen.set_state(state["gen"])
-            torch.set_rng_state(state["torch_rng"])  # kornia draws its augmentations from the global generator
-            batches.perm, batches.pos = state["perm"], state["pos"]
+            with self.restoring():
+                model.load_state_dict(state["model"])
+                trainer.opt.load_state_dict(state["opt"])
+                trainer.sched.load_state_dict(state["sched"])
+                step, done = state["step"], state["done"]
+                if state["delta"] is not None:
+                    delta = state["delta"].to(device)
+                gen.set_state(state["gen"])
+                torch.set_rng_state(state["torch_rng"])  # kornia draws its augmentations from the global generator
+                batches.perm, batches.pos = state["perm"], state["pos"]
         with progress.task("rem (surrogate)", total=self.train_steps) as advance:
             advance(step)
             while step < self.train_steps:
@@ -179,5 +177,5 @@ class REM(Attack):
         self.save_state({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
                          "sched": trainer.sched.state_dict(), "gen": gen.get_state(),
                          "perm": batches.perm, "pos": batches.pos,
-                         "torch_rng": torch.get_rng_state(), "step": step, "done": done, "alternation": "whole-set",
+                         "torch_rng": torch.get_rng_state(), "step": step, "done": done,
                          "delta": None if delta is None else delta.cpu()})

@@ -96,10 +96,11 @@ def targeted_pgd(attack: Attack, pgd: PGD, models: list, data: ImageSet, index: 
     ce = torch.nn.CrossEntropyLoss(reduction="none")
     start, state = 0, attack.load_state()
     if state is not None:
-        start = state["done"]
-        out[:start] = state["out"].to(device)
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])  # kornia draws its crops and flips from the global generator
+        with attack.restoring():
+            start = state["done"]
+            out[:start] = state["out"].to(device)
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["torch_rng"])  # kornia draws its crops and flips from the global generator
     saved = time.monotonic()
     with progress.task(description, total=restarts * len(index)) as advance:
         advance(restarts * start)

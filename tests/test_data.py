@@ -174,9 +174,37 @@ def test_folder_says_what_it_leaves_out(tmp_path, caplog, monkeypatch):
             Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "t" / c / f"{i}.png")
     (tmp_path / "t" / "empty").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "t" / "stray.png")
+    (tmp_path / "t" / "a" / "notes.txt").write_text("x")
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t" / "b" / "see-through.png")
     train, _ = load_dataset(f"folder:{tmp_path / 't'}")
     assert train.classes == ["a", "b", "empty"]
     assert "has no images" in caplog.text and "1 image(s) directly in" in caplog.text
+    assert "1 file(s) in the class folders" in caplog.text and "notes.txt" in caplog.text  # skipped, and said
+    assert "1 image(s) under" in caplog.text and "have transparency: it is dropped" in caplog.text
+
+
+def test_folder_turns_photos_as_their_exif_orientation_says(tmp_path):
+    """A phone's portrait photo is stored landscape with an EXIF Orientation: it loaded (and was protected) turned
+    90 degrees from how every viewer shows it, or was refused as of another size in a folder of portrait images."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (12, 8, 3), np.uint8)).save(tmp_path / "t" / c / f"{i}.png")
+    stored = np.zeros((8, 12, 3), np.uint8)  # landscape as stored, a red band on top
+    stored[:2, :, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    Image.fromarray(stored).save(tmp_path / "t" / "a" / "phone.jpg", exif=exif, quality=95)
+    train, test = load_dataset(f"folder:{tmp_path / 't'}")
+    every = {n: x for n, x in zip(train.provenance["file_names"] + test.provenance["file_names"],
+                                  np.concatenate([train.x, test.x]))}
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "t" / "a" / "phone.jpg"))).transpose(2, 0, 1)
+    assert every["a/phone.jpg"].shape == (3, 12, 8) and np.array_equal(every["a/phone.jpg"], shown)
+    assert every["a/phone.jpg"][0, :, -2:].mean() > 200  # the band on the right, as a viewer shows it
 
 
 def test_folder_follows_links_scales_16_bit_and_skips_hidden_files(tmp_path):

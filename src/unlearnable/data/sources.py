@@ -29,7 +29,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 TEST_FRACTION = 0.2  # held out when a folder or npz has no test split of its own
 SPLIT_SEED = 0
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".pbm", ".pnm"}
 
 
 def cache_dir() -> Path:
@@ -230,6 +231,7 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     (once each); hidden files and folders are skipped (``.git``, macOS's ``._photo.jpg``)."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[tuple[Path, int]] = []
+    others: list[str] = []  # files in class folders that are not images by their names
     for c, name in enumerate(classes):
         found, seen = [], set()
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
@@ -241,6 +243,7 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found += [Path(dirpath) / f for f in filenames
                       if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+            others += [f for f in filenames if not f.startswith(".") and Path(f).suffix.lower() not in IMAGE_SUFFIXES]
         files += [(f, c) for f in sorted(found)]
         if not found:
             log.warning("class folder %s has no images: the class is kept, with no samples", root / name)
@@ -249,6 +252,9 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if stray:
         log.warning("%d image(s) directly in %s (e.g. %s) are in no class folder and are skipped", len(stray), root,
                     stray[0])
+    if others:
+        log.warning("%d file(s) in the class folders of %s (e.g. %s) are not images by their names (%s) and are "
+                    "skipped", len(others), root, others[0], " ".join(sorted(IMAGE_SUFFIXES)))
     return classes, files
 
 
@@ -260,11 +266,16 @@ def _read_image_tree(root: Path, classes: list[str], files: list[tuple[Path, int
     if not files:
         raise UnlearnableError(f"no images found under {root} (expected {root}/<class>/<image>)")
     arrays: list[np.ndarray] = []
+    transparent: list[str] = []
     with progress.task(f"reading {root}", total=len(files)) as advance:
         for f, _ in files:
             first = arrays[0] if arrays else None
-            arrays.append(_read_image(f, first))
+            arrays.append(_read_image(f, first, transparent))
             advance(1)
+    if transparent:
+        log.warning("%d image(s) under %s (e.g. %s) have transparency: it is dropped, as torchvision's loader "
+                    "drops it (what transparent pixels hide shows, and --png writes them opaque)", len(transparent),
+                    root, transparent[0])
     if any(a.shape[0] == 3 for a in arrays):  # one colour image makes the folder colour: grey ones get 3 channels
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     y = np.array([c for _, c in files], dtype=np.int64)
@@ -272,13 +283,20 @@ def _read_image_tree(root: Path, classes: list[str], files: list[tuple[Path, int
     return np.stack(arrays), y, classes, names
 
 
-def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
-    """One image file as C x H x W uint8: 1 channel if the file is grey, else 3 (RGB); of ``first``'s size."""
-    from PIL import Image, UnidentifiedImageError
+def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None = None) -> np.ndarray:
+    """One image file as C x H x W uint8: 1 channel if the file is grey, else 3 (RGB); of ``first``'s size; turned
+    as its EXIF orientation says (as viewers show it: a phone's portrait photo is stored landscape). A file with
+    transparency is appended to ``transparent``."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(f) as im:
             im.load()
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
+                im = ImageOps.exif_transpose(im)
+            if transparent is not None and (im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
+                                            or "transparency" in im.info):
+                transparent.append(str(f))
             if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): scaled to 8 bits; Pillow's convert clips
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
             mode = "L" if im.mode in ("L", "1", "I") else "RGB"
@@ -293,7 +311,7 @@ def _read_image(f: Path, first: np.ndarray | None) -> np.ndarray:
 
 
 #: Bumped whenever reading a folder changes what the same files decode to: older cached arrays are not reused.
-_DECODER = 2  # 2: 16-bit grey scaled, a colour image makes the folder colour (2026-12-06)
+_DECODER = 3  # 2: 16-bit grey scaled, a colour image makes the folder colour; 3: EXIF orientation (2026-12-06)
 
 
 def _cached_tree(root: Path):

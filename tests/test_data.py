@@ -396,6 +396,32 @@ def test_tiny_images_get_an_ssim_and_write_errors_name_the_users_path(tmp_path, 
     assert e.value.filename == str(tmp_path / "g.png")  # not the hidden temporary name
 
 
+def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write left a hidden half-written copy of --out (25 MB of PNGs) beside it for good."""
+    import subprocess
+    import sys
+
+    from unlearnable.data.store import _writer, atomic_dir, write_atomic
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = _writer().split("-")[0]
+    dead = [tmp_path / f".out.{host}-{gone}-x1", tmp_path / f".out.old-{host}-{gone}-x2",
+            tmp_path / f".f.npz.{host}-{gone}-0a1b2c3d.tmp.npz"]
+    live = [tmp_path / f".out.{_writer()}-x3", tmp_path / f".out.elsewhere-{gone}-x4", tmp_path / ".out.state.pt"]
+    for d in (*dead[:2], *live[:2]):
+        d.mkdir()
+        (d / "x.npy").write_bytes(b"half")
+    dead[2].write_bytes(b"half")
+    live[2].write_bytes(b"a state")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "done").write_text("x")
+    write_atomic(tmp_path / "f.npz", lambda t: t.write_bytes(b"x"))
+    assert not any(d.exists() for d in dead)  # a dead writer's, on this host
+    assert all(d.exists() for d in live)  # a live writer's (this process), another host's, and the state
+    assert (tmp_path / "out" / "done").is_file()
+
+
 def test_export_gives_every_class_its_own_usable_folder(tmp_path):
     from unlearnable.data.store import class_folders
 

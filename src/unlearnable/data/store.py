@@ -7,11 +7,15 @@ Saving writes to a temporary directory and renames it into place, so an interrup
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -23,6 +27,8 @@ import numpy as np
 from .. import __version__
 from ..errors import UnlearnableError
 from .imageset import ImageSet, require_set, shape_text
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -110,8 +116,9 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out = Path(out).resolve()
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_leftovers(out)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{_writer()}-", dir=out.parent))
     except OSError as e:  # name the folder asked for, not the temporary one tried beside it
         if e.filename is not None and Path(str(e.filename)).name.startswith(f".{out.name}."):
             e.filename = str(out)
@@ -143,7 +150,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path`` (same suffix), then rename it to ``path``: a crash
     never leaves a half-written file there, and a failed write leaves no temporary behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")  # one per writer
+    _sweep_leftovers(path)
+    tmp = path.with_name(f".{path.name}.{_writer()}-{secrets.token_hex(4)}.tmp{path.suffix}")  # one per writer
     try:
         with _named_as(tmp, path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +160,39 @@ def write_atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _writer() -> str:
+    """Who writes a temporary: this host (a digest of its name) and process, in the temporary's name."""
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]}-{os.getpid()}"
+
+
+def _sweep_leftovers(target: Path) -> None:
+    """Remove the temporaries that a killed writer of ``target`` (SIGKILL, a power cut) left beside it: those named
+    by this host whose process is gone. A live writer's (another run into the same place) are left alone."""
+    if os.name != "posix" or not target.parent.is_dir():
+        return
+    host = _writer().split("-")[0]
+    own = re.compile(rf"\.{re.escape(target.name)}\.(?:old-)?{host}-(\d+)-")
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        m = own.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        log.info("removing %s, left by an interrupted run", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -216,6 +216,23 @@ def test_generator_sized_to_data(channels, size, asked, arch, tmp_path):
     assert save_generator(g, tmp_path / "g.safetensors").is_file()
 
 
+def test_generator_keeps_height_and_width(tmp_path, caplog):
+    """A generator kept its training images' height only: 48 x 40 images warned they were not its 48 x 48, and
+    28 x 96 images got the small 28-px autoencoder while 96 x 28 ones got the deep one."""
+    from unlearnable.attacks.deepconfuse import load_generator, protect, trained_size
+
+    wide, tall = build_generator("auto", 3, (28, 96), eps=8 / 255), build_generator("auto", 3, (96, 28), eps=8 / 255)
+    assert wide.config["arch"] == tall.config["arch"] == "deep"
+    g = load_generator(save_generator(build_generator("auto", 3, (48, 40), eps=8 / 255), tmp_path / "g.safetensors"))
+    assert trained_size(g.config) == (48, 40) and trained_size({"image_size": 28}) == (28, 28)  # and older files
+    with caplog.at_level("WARNING"):
+        protect(g, np.zeros((2, 3, 48, 40), np.uint8))
+    assert "trained on" not in caplog.text
+    with caplog.at_level("WARNING"):
+        protect(g, np.zeros((2, 3, 40, 48), np.uint8))
+    assert "trained on 48x40 images, these are 40x48" in caplog.text
+
+
 def test_targeted_variant_runs(tiny_set):
     attack = DeepConfuse(**{**TINY, "trials": 1, "targeted": True})
     poisoned = attack.poison(tiny_set)

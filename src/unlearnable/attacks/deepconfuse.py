@@ -125,7 +125,8 @@ class PerturbationGenerator(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, eps: float = 0.3, arch: str = "ae", width: int = 16, depth: int = 2,
-                 skips: bool = False, image_size: int = 28, num_classes: int = 10, targeted: bool = False) -> None:
+                 skips: bool = False, image_size: int | list[int] = 28, num_classes: int = 10,
+                 targeted: bool = False) -> None:
         super().__init__()
         self.config = dict(in_channels=in_channels, eps=eps, arch=arch, width=width, depth=depth, skips=skips,
                            image_size=image_size, num_classes=num_classes, targeted=targeted)
@@ -160,15 +161,25 @@ class PerturbationGenerator(nn.Module):
         return (x + self(x)).clamp(0, 1)
 
 
-def build_generator(arch: str, in_channels: int, image_size: int, eps: float, **extra: Any) -> PerturbationGenerator:
-    """Generator sized to the data: ``ae`` (small conv AE, 28x28), ``unet`` (32x32 colour), ``deep`` (larger)."""
+def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, int], eps: float,
+                    **extra: Any) -> PerturbationGenerator:
+    """Generator sized to the data: ``ae`` (small conv AE, 28x28), ``unet`` (32x32 colour), ``deep`` (larger), by
+    the longer side of ``image_size`` (a side, or height and width: a generator for 28 x 96 images is the one for
+    96 x 28 ones)."""
     check_choice("generator", arch, GENERATORS)
+    h, w = trained_size({"image_size": image_size})
     if arch == "auto":
-        arch = "ae" if image_size <= 28 else "unet" if image_size <= 32 else "deep"
+        arch = "ae" if max(h, w) <= 28 else "unet" if max(h, w) <= 32 else "deep"
     shape = {"ae": dict(width=16, depth=2, skips=False),  # 28 -> 14 -> 7 and back (official MNIST AE: 28 -> 2x2)
              "unet": dict(width=32, depth=3, skips=True),  # official CIFAR generator is a U-Net
              "deep": dict(width=32, depth=4, skips=False)}[arch]
-    return PerturbationGenerator(in_channels, eps, arch, image_size=image_size, **shape, **extra)
+    return PerturbationGenerator(in_channels, eps, arch, image_size=[h, w], **shape, **extra)
+
+
+def trained_size(config: dict[str, Any]) -> tuple[int, int]:
+    """The height and width of a generator's training images, from its config (one side before 2026-12-06)."""
+    size = config["image_size"]
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
 
 
 def generator_bytes(generator: PerturbationGenerator) -> bytes:
@@ -226,10 +237,10 @@ def protect(generator: PerturbationGenerator, images: np.ndarray, batch_size: in
     if images.shape[1] != channels:
         raise UnlearnableError(f"the generator was trained on {channels}-channel images, got {images.shape[1]}")
     check(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
-    side = generator.config["image_size"]
-    if images.shape[2:] != (side, side) and len(images):
+    size = trained_size(generator.config)
+    if images.shape[2:] != size and len(images):
         log.warning("the generator was trained on %dx%d images, these are %dx%d: its effect at this size was never "
-                    "measured (train a victim on the result before relying on it)", side, side, *images.shape[2:])
+                    "measured (train a victim on the result before relying on it)", *size, *images.shape[2:])
     device = next(generator.parameters()).device
     fast = _inference_copy(generator)
     layout = torch.contiguous_format
@@ -414,7 +425,7 @@ class DeepConfuse(Attack):
         gen = seed_everything(self.seed)
         train_idx, hold_idx = self._split(data)
         x, y = data.subset(train_idx).tensors(device)
-        g_train = build_generator(self.generator, data.channels, data.image_size[0], self.eps,
+        g_train = build_generator(self.generator, data.channels, data.image_size, self.eps,
                                   num_classes=data.num_classes, targeted=self.targeted).to(device)
         g_frozen = copy.deepcopy(g_train).eval()
         g_opt = torch.optim.Adam(g_train.parameters(), lr=self.gen_lr)

@@ -266,6 +266,10 @@ def test_contrast_detector_needs_matching_reference(small_train, small_test):
         contrast_detect(data, small_test.replace(x=small_test.x[:, :, :14, :14]))
     with pytest.raises(UnlearnableError, match="needs at least 2 of each"):
         contrast_detect(data, small_test.subset(np.flatnonzero(small_test.y != 3)[:50]))
+    tiny = data.replace(x=data.x[:, :, :7, :7])  # the cnn's pooling leaves nothing: the option that helps is named
+    with pytest.raises(UnlearnableError, match="cannot take 7 x 7 images: set network=false"):
+        contrast_detect(tiny, small_test.replace(x=small_test.x[:, :, :7, :7]))
+    assert len(contrast_detect(tiny, small_test.replace(x=small_test.x[:, :, :7, :7]), network=False).scores) == 200
     few = data.take(100)  # the network trains 100 steps (detect.NETWORK_MIN_STEPS) whatever the set's size
     a, b = contrast_detect(few, small_test, seed=1), contrast_detect(few, small_test, seed=1)
     np.testing.assert_array_equal(a.scores, b.scores)  # deterministic under its seed

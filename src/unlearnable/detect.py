@@ -291,6 +291,15 @@ def contrast_detect(data: ImageSet, reference: ImageSet, c: float = 0.1, folds: 
     if reference.num_classes != data.num_classes:
         raise UnlearnableError(f"the reference has {reference.num_classes} classes, the suspect set "
                                f"{data.num_classes}")
+    if network:  # before any work; the registry's own message would say "use another model", not an option here
+        from .models import create_model
+
+        try:
+            create_model("cnn", data.channels, 2, data.image_size)
+        except UnlearnableError:
+            raise UnlearnableError(f"the contrast detector's network (cnn) cannot take {data.image_size[0]} x "
+                                   f"{data.image_size[1]} images: set network=false (--set network=false) to "
+                                   "use its linear part alone") from None
 
     classes = np.unique(data.y)
     for k in classes:

@@ -452,8 +452,9 @@ def export_png(parts: dict[str, ImageSet] | ImageSet, out: str | Path, overwrite
     with atomic_dir(out) as tmp:
         for split, data in parts.items():
             paths = png_paths(data)
-            # every class folder, empty ones too (the class list, and so the labels, must survive a reload), and
-            # the subfolders a folder's own names bring
+            # every class folder, empty ones too (the class list must survive a reload: a reload sorts it, as
+            # ImageFolder does, so a label keeps its class name, not its index), and the subfolders a folder's own
+            # names bring
             for d in {*map(Path, class_folders(data.classes)), *(p.parent for p in paths)}:
                 (tmp / split / d).mkdir(parents=True, exist_ok=True)
             for i, rel in enumerate(paths):

@@ -324,3 +324,14 @@ def test_drop_flagged_refuses_to_leave_nothing(small_train):
         drop_flagged(data, everything)
     kept = drop_flagged(data, Detection(scores=np.ones(20), threshold=0.0, flagged=np.array([0, 5]), method="x"))
     assert len(kept) == 18 and kept.provenance["dropped"] == {"by": "x", "count": 2, "of": 20}
+
+
+def test_no_channels_last_on_the_cpu_for_large_images():
+    """oneDNN's bf16 channels_last training corrupted the heap (glibc abort, segfault) fitting 96 x 96 images at
+    widths 4 and 8 (torch 2.14.1, AVX512-BF16 CPU): over 64 px the CPU keeps tensors contiguous."""
+    from unlearnable.defenses.dvae import DVAENet
+
+    vae = create_defense("vae", width=4, amp=True, device="cpu")
+    assert vae._channels_last(DVAENet(3, 10, (32, 32), 4)) and vae._channels_last(DVAENet(1, 10, (64, 64), 4))
+    assert not vae._channels_last(DVAENet(3, 10, (96, 96), 4))
+    assert not create_defense("vae", width=4, amp=False, device="cpu")._channels_last(DVAENet(3, 10, (32, 32), 4))

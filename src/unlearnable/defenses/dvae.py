@@ -269,8 +269,8 @@ class RateConstrainedVAE(Purifier):
     sample: bool = True  # sample z at purification time too, as the official code does (False: z = mu; the
     #   sampling noise purifies too: class-wise EM 8/255 on Fashion-MNIST, fast preset, 87.8% vs 85.5% with z = mu)
     purify_batch: int = 512  # batch size of inference (memory only)
-    amp: bool | None = None  # bf16 autocast + channels_last; None: on where bf16 is fast (CUDA, CPUs with
-    #   native bf16: ~20% less CPU time per step for the fast preset), as in the package trainer
+    amp: bool | None = None  # bf16 autocast + channels_last (not on the CPU over 64 px: _channels_last); None: on
+    #   where bf16 is fast (CUDA, CPUs with native bf16: ~20% less CPU time per step for the fast preset)
 
     name: ClassVar[str] = "vae"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -297,11 +297,19 @@ class RateConstrainedVAE(Purifier):
     def _amp(self) -> bool:
         return fast_bf16(self._device()) if self.amp is None else self.amp
 
+    def _channels_last(self, net: DVAENet) -> bool:
+        """channels_last goes with ``amp``, except on the CPU for images over 64 px (two or more down-sampling
+        levels): there oneDNN's bf16 channels_last kernels corrupted the heap in training (a glibc abort or a
+        segfault within one fit of 96 x 96 images at widths 4 and 8; torch 2.14.1, an AVX512-BF16 EPYC, 2026-12-06;
+        none in 6 fits with contiguous tensors, nor without oneDNN). Fashion-MNIST and CIFAR sizes keep it."""
+        return self._amp() and (net.levels < 2 or next(net.parameters()).device.type != "cpu")
+
     def _forward(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
                  sample: bool = True, decode: str = "xp"):
-        """``net(x, y)`` under bf16 autocast and channels_last when ``amp``; outputs back in float32."""
+        """``net(x, y)`` under bf16 autocast (and channels_last, :meth:`_channels_last`) when ``amp``; outputs
+        back in float32."""
         amp = self._amp()
-        if amp:
+        if self._channels_last(net):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             out = net(x, y, gen, sample, decode)
@@ -334,7 +342,7 @@ class RateConstrainedVAE(Purifier):
         gen = seed_everything(seed)
         dev = self._device()
         net = self._new_net(data, perturbation).to(dev)
-        if self._amp():
+        if self._channels_last(net):
             net = net.to(memory_format=torch.channels_last)
         if key in self._run["done"]:  # trained before an interruption
             with self.restoring():
@@ -511,7 +519,7 @@ class RateConstrainedVAE(Purifier):
             net = self._new_net(dummy, cls is not RateConstrainedVAE)
             net.load_state_dict({n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")})
             net = net.to(self._device())
-            if self._amp():
+            if self._channels_last(net):
                 net = net.to(memory_format=torch.channels_last)
             setattr(self, f"{key}_", net.eval())
         return self

@@ -177,6 +177,8 @@ def test_folder_says_what_it_leaves_out(tmp_path, caplog, monkeypatch):
     (tmp_path / "t" / "a" / "notes.txt").write_text("x")
     rgba = np.zeros((8, 8, 4), np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "t" / "b" / "see-through.png")
+    rgba[..., 3] = 255  # an opaque RGBA file (a screenshot) loses nothing: not counted
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t" / "b" / "opaque.png")
     train, _ = load_dataset(f"folder:{tmp_path / 't'}")
     assert train.classes == ["a", "b", "empty"]
     assert "has no images" in caplog.text and "1 image(s) directly in" in caplog.text
@@ -406,19 +408,19 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
     host = _writer().split("-")[0]
-    dead = [tmp_path / f".out.{host}-{gone}-x1", tmp_path / f".out.old-{host}-{gone}-x2",
-            tmp_path / f".f.npz.{host}-{gone}-0a1b2c3d.tmp.npz"]
-    live = [tmp_path / f".out.{_writer()}-x3", tmp_path / f".out.elsewhere-{gone}-x4", tmp_path / ".out.state.pt"]
-    for d in (*dead[:2], *live[:2]):
+    dead = [tmp_path / f".out.{host}-{gone}-x1", tmp_path / f".f.npz.{host}-{gone}-0a1b2c3d.tmp.npz"]
+    live = [tmp_path / f".out.{_writer()}-x3", tmp_path / f".out.elsewhere-{gone}-x4",
+            tmp_path / f".out.old-{host}-{gone}-x2", tmp_path / ".out.state.pt"]  # the last earlier result kept
+    for d in (dead[0], *live[:3]):
         d.mkdir()
         (d / "x.npy").write_bytes(b"half")
-    dead[2].write_bytes(b"half")
-    live[2].write_bytes(b"a state")
+    dead[1].write_bytes(b"half")
+    live[3].write_bytes(b"a state")
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "done").write_text("x")
     write_atomic(tmp_path / "f.npz", lambda t: t.write_bytes(b"x"))
     assert not any(d.exists() for d in dead)  # a dead writer's, on this host
-    assert all(d.exists() for d in live)  # a live writer's (this process), another host's, and the state
+    assert all(d.exists() for d in live)  # a live writer's (this process), another host's, an earlier result, a state
     assert (tmp_path / "out" / "done").is_file()
 
 

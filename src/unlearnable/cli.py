@@ -726,7 +726,9 @@ def main() -> None:
 
 def _kept() -> str:
     """For the line that ends a command early: where its work so far is kept, if anywhere."""
-    kept = [s for s in dict.fromkeys(_STATES) if Path(s).is_file()]
+    from .resume import written
+
+    kept = [s for s in dict.fromkeys(_STATES) if s in written and Path(s).is_file()]  # this run's, still there
     return f" (the work so far is kept in {', '.join(kept)}: the same command resumes it)" if kept else ""
 
 

@@ -218,6 +218,8 @@ def _balanced_gap(net: Any, held: ImageSet, test: ImageSet) -> tuple[float, floa
 
     hits = [predict(net, torch.from_numpy(np.array(s.x))).cpu().numpy() == s.y for s in (held, test)]
     classes = sorted(set(np.unique(held.y).tolist()) & set(np.unique(test.y).tolist()))
+    if not classes:
+        raise UnlearnableError("the set check's held-out part and the test split share no class: nothing to compare")
     right = np.array([[h[s.y == c].sum() for c in classes] for s, h in zip((held, test), hits)], np.float64)
     count = np.array([[(s.y == c).sum() for c in classes] for s in (held, test)], np.float64)
     acc = right / count

@@ -1,7 +1,7 @@
 """Resumable long jobs: attacks and purifiers that train for minutes to days save their state at safe points.
 
 A caller (the CLI) sets ``job.checkpoint`` to a file path; the job writes its state there atomically, tagged with
-its parameters, its data (a fingerprint of the pixels and labels, their shape, classes and source) and the code that
+its parameters, its data (a fingerprint of the pixels and labels, their shape and classes) and the code that
 wrote it, and a later run with the same parameters on the same data by the same code continues from it - with the
 result an uninterrupted run gives, random number generators included. A state made with other parameters, other
 data or other code (another version of the package, or an edited copy) is ignored with a warning, never half-applied.
@@ -25,13 +25,23 @@ log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """A digest of the package's source files: a state written by other code (an algorithm changed with no change
-    of parameters; a network of another shape) is not resumed by this one."""
+    """A digest of the package's source files (computed when this module is imported, before any job runs; hidden
+    names such as an editor's ``.#cli.py`` lock link are left out): a state written by other code (an algorithm
+    changed with no change of parameters; a network of another shape) is not resumed by this one."""
     h = hashlib.sha256()
     root = Path(__file__).parent
     for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
+
+
+code_digest()
+
+#: The state files this process wrote: what a command that stops early may say it kept.
+written: set[str] = set()
 
 
 class Resumable:
@@ -50,8 +60,7 @@ class Resumable:
     def bind_state(self, data: Any) -> None:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
         self._state_data = None if not self.checkpoint else {
-            "fingerprint": data.fingerprint(), "shape": list(data.x.shape), "classes": list(data.classes),
-            "source": data.source}
+            "fingerprint": data.fingerprint(), "shape": list(data.x.shape), "classes": list(data.classes)}
 
     def _state_tag(self) -> dict[str, Any]:
         return {"params": self.params(), "data": getattr(self, "_state_data", None), "code": code_digest()}
@@ -60,6 +69,7 @@ class Resumable:
         """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with parameters and data."""
         if self.checkpoint:
             torch_save_atomic({**self._state_tag(), "state": state}, self.checkpoint)
+            written.add(str(self.checkpoint))
 
     def load_state(self) -> dict[str, Any] | None:
         """The state saved by an interrupted run with the same parameters and data, or None."""
@@ -80,8 +90,12 @@ class Resumable:
     def restoring(self):
         """Around the use of a loaded state: one that does not fit this run after all is a one-line error that names
         the file (the job's networks may hold part of it by then, so it cannot just be ignored)."""
+        import torch
+
         try:
             yield
+        except torch.cuda.OutOfMemoryError:  # the state may well fit: the device's memory does not
+            raise
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
             raise UnlearnableError(f"{self.name}: the state in {self.checkpoint} does not fit this run ({reason}); "

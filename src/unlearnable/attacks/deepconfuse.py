@@ -179,7 +179,7 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
 def trained_size(config: dict[str, Any]) -> tuple[int, int]:
     """The height and width of a generator's training images, from its config (one side before 2026-12-06)."""
     size = config["image_size"]
-    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+    return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
 
 
 def generator_bytes(generator: PerturbationGenerator) -> bytes:

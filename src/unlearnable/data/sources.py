@@ -296,7 +296,9 @@ def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None
                 im = ImageOps.exif_transpose(im)
             if transparent is not None and (im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
                                             or "transparency" in im.info):
-                transparent.append(str(f))
+                alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("RGBA").getchannel("A")
+                if alpha.getextrema()[0] < 255:  # an opaque RGBA file (screenshots, plots) loses nothing
+                    transparent.append(str(f))
             if im.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF): scaled to 8 bits; Pillow's convert clips
                 im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8), "L")
             mode = "L" if im.mode in ("L", "1", "I") else "RGB"

@@ -173,7 +173,8 @@ def _sweep_leftovers(target: Path) -> None:
     if os.name != "posix" or not target.parent.is_dir():
         return
     host = _writer().split("-")[0]
-    own = re.compile(rf"\.{re.escape(target.name)}\.(?:old-)?{host}-(\d+)-")
+    # not a ".NAME.old-*" copy: killed between its two renames, a writer leaves the only earlier result there
+    own = re.compile(rf"\.{re.escape(target.name)}\.{host}-(\d+)-")
     for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
         m = own.match(p.name)
         if m is None or _alive(int(m.group(1))):

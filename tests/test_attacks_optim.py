@@ -162,7 +162,10 @@ def test_em_resumes_from_checkpoint(tmp_path, data, crash, monkeypatch):
     assert resumed.load_state() is None  # ...other data -> not reused either...
     resumed.bind_state(sub)
     assert resumed.load_state()["round"] == 2  # ...the same parameters and data -> round 2
-    np.testing.assert_array_equal(resumed.poison(sub).x, full.x)  # the same result as a run never interrupted
+    done = resumed.poison(sub)
+    np.testing.assert_array_equal(done.x, full.x)  # the same result as a run never interrupted
+    before = done.provenance["resumed_after_seconds"]  # the crashed run's two rounds count in the crafting time
+    assert 0 < before < done.provenance["crafting_seconds"] and "resumed_after_seconds" not in full.provenance
     assert not (tmp_path / "state.pt").exists()
     (tmp_path / "state.pt").write_bytes(b"garbage")  # a damaged or foreign file: a fresh start, not a traceback
     assert resumed.load_state() is None

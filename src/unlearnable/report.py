@@ -47,7 +47,9 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
              f"{data.channels}x{data.image_size[0]}x{data.image_size[1]}, {data.num_classes} classes)"]
     if "method" in p:
         lines.append(f"attack:     {p['method']}  " + ", ".join(f"{k}={v}" for k, v in p.get("params", {}).items()))
-        lines.append(f"changed:    {len(p.get('changed', []))} samples; crafting {p.get('crafting_seconds')} s")
+        before = p.get("resumed_after_seconds")
+        lines.append(f"changed:    {len(p.get('changed', []))} samples; crafting {p.get('crafting_seconds')} s"
+                     + (f" ({before} s of it before an interruption)" if before else ""))
     for q in [*p.get("purified_before", []), *([p["purified_by"]] if "purified_by" in p else [])]:
         lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()))
     if "dropped" in p:

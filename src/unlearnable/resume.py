@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -61,6 +62,10 @@ class Resumable:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
         self._state_data = None if not self.checkpoint else {
             "fingerprint": data.fingerprint(), "shape": list(data.x.shape), "classes": list(data.classes)}
+        self._state_started, self.resumed_seconds = time.perf_counter(), 0.0
+
+    #: Seconds the runs before this one spent up to their last saved state (0 unless :meth:`load_state` resumed).
+    resumed_seconds: float = 0.0
 
     def _state_tag(self) -> dict[str, Any]:
         return {"params": self.params(), "data": getattr(self, "_state_data", None), "code": code_digest()}
@@ -68,7 +73,8 @@ class Resumable:
     def save_state(self, state: dict[str, Any]) -> None:
         """Write ``state`` (tensors, ints...) to :attr:`checkpoint` atomically, tagged with parameters and data."""
         if self.checkpoint:
-            torch_save_atomic({**self._state_tag(), "state": state}, self.checkpoint)
+            seconds = self.resumed_seconds + time.perf_counter() - getattr(self, "_state_started", time.perf_counter())
+            torch_save_atomic({**self._state_tag(), "seconds": seconds, "state": state}, self.checkpoint)
             written.add(str(self.checkpoint))
 
     def load_state(self) -> dict[str, Any] | None:
@@ -84,6 +90,7 @@ class Resumable:
                         self.name, self.checkpoint)
             return None
         log.info("%s: resuming from %s", self.name, self.checkpoint)
+        self.resumed_seconds = float(saved.get("seconds", 0.0))
         return saved["state"]
 
     @contextmanager

@@ -94,7 +94,7 @@ class Attack(Resumable):
         self.bind_state(data)
         t0 = time.perf_counter()
         images, labels = self.craft(data, index)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + self.resumed_seconds  # and the interrupted runs' (up to their state)
         x, y = data.x.copy(), data.y.copy()
         if self.changes_images:
             x[index] = self.quantise(data.x[index], images)
@@ -108,6 +108,8 @@ class Attack(Resumable):
                         int(moved.sum()))
         provenance = {**data.provenance, "method": self.name, "params": self.params(), "seed": self.seed,
                       "changed": index[moved].tolist(), "crafting_seconds": round(seconds, 2)}
+        if self.resumed_seconds:
+            provenance["resumed_after_seconds"] = round(self.resumed_seconds, 2)
         artifacts = {name: meta for name, (_, meta) in self.artifacts().items()}
         if artifacts:
             provenance["artifacts"] = artifacts

@@ -39,7 +39,7 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-code_digest()
+code_digest()  # now: a file edited while a job runs is not taken for the code that runs it
 
 #: The state files this process wrote: what a command that stops early may say it kept.
 written: set[str] = set()
@@ -57,15 +57,14 @@ class Resumable:
     #: place when it ends (:meth:`finish_state`), and the caller removes it (:meth:`clear_state`) once the result
     #: is saved, so a failed save costs a rerun seconds, not the whole job.
     keep_state: ClassVar[bool] = False
+    #: Seconds the runs before this one spent up to their last saved state (0 unless :meth:`load_state` resumed).
+    resumed_seconds: float = 0.0
 
     def bind_state(self, data: Any) -> None:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
         self._state_data = None if not self.checkpoint else {
             "fingerprint": data.fingerprint(), "shape": list(data.x.shape), "classes": list(data.classes)}
         self._state_started, self.resumed_seconds = time.perf_counter(), 0.0
-
-    #: Seconds the runs before this one spent up to their last saved state (0 unless :meth:`load_state` resumed).
-    resumed_seconds: float = 0.0
 
     def _state_tag(self) -> dict[str, Any]:
         return {"params": self.params(), "data": getattr(self, "_state_data", None), "code": code_digest()}

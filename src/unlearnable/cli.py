@@ -140,9 +140,9 @@ def poison(
         raise UnlearnableError(f"{attack} changes labels only: --eps does not apply to it")
     _cpu_preset(options, ATTACKS.get(attack), attack)
     atk = create_attack(attack, **options)
-    if eps is not None and atk.norm == "linf" and abs(atk.eps * 255 - round(atk.eps * 255)) > 1e-6:  # 0.031: 7
-        from .data.store import budget_levels
+    from .data.store import between_levels, budget_levels
 
+    if eps is not None and atk.norm == "linf" and between_levels(atk.eps):  # 0.031: 7
         _say(f"--eps {eps} is {atk.eps * 255:.2f} levels of 1/255: the budget is the whole levels below it, "
              f"{budget_levels(atk.eps)}/255")
     _check_out(out, overwrite, data)

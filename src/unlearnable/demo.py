@@ -14,7 +14,7 @@ import numpy as np
 
 from .attacks import create_attack
 from .data import load, save_set
-from .data.store import atomic_dir, budget_levels, check_out_dir, json_text
+from .data.store import atomic_dir, between_levels, budget_levels, check_out_dir, json_text
 from .defenses import create_defense
 from .report import image_grid, magnify, markdown_table, subset_for_grid
 from .training import TrainConfig, train
@@ -69,7 +69,7 @@ def run_demo(out: Path = Path("runs/demo"), eps: float = DEMO_EPS, subset: int |
         clean = clean.take(subset)
     levels = budget_levels(eps)  # what the attack can move a pixel by: the whole 8-bit levels within eps
     budget = f"{levels}/255"
-    between = "" if abs(eps * 255 - round(eps * 255)) < 1e-6 else f" ({eps * 255:.2f} levels: the whole ones below)"
+    between = f" ({eps * 255:.2f} levels: the whole ones below)" if between_levels(eps) else ""
     _say(f"[demo] {data}: {len(clean)} training images, {len(test)} clean test images; budget L-inf {budget}{between}")
     rows = []
     model, kwargs = DEMO_VICTIM

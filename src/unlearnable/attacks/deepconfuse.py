@@ -167,7 +167,7 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
     the longer side of ``image_size`` (a side, or height and width: a generator for 28 x 96 images is the one for
     96 x 28 ones)."""
     check_choice("generator", arch, GENERATORS)
-    h, w = trained_size({"image_size": image_size})
+    h, w = _height_width(image_size)
     if arch == "auto":
         arch = "ae" if max(h, w) <= 28 else "unet" if max(h, w) <= 32 else "deep"
     shape = {"ae": dict(width=16, depth=2, skips=False),  # 28 -> 14 -> 7 and back (official MNIST AE: 28 -> 2x2)
@@ -178,7 +178,10 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
 
 def trained_size(config: dict[str, Any]) -> tuple[int, int]:
     """The height and width of a generator's training images, from its config (one side before 2026-12-06)."""
-    size = config["image_size"]
+    return _height_width(config["image_size"])
+
+
+def _height_width(size: Any) -> tuple[int, int]:
     return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
 
 

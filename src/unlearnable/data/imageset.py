@@ -119,18 +119,21 @@ class ImageSet:
         provenance = {**self.provenance, "source_index": base[index].tolist()}
         if "file_names" in provenance:
             provenance["file_names"] = [provenance["file_names"][i] for i in index.tolist()]
+
         def renumber(positions: list[int]) -> list[int]:  # positions in this set -> positions in the subset
             return np.flatnonzero(np.isin(index, np.asarray(positions, np.int64))).tolist()
+
+        def flags_renumbered(record: Any) -> Any:  # a purifier given only the flagged samples lists them
+            return {**record, "flagged": renumber(record["flagged"])} if "flagged" in record else record
 
         for key in ("changed", "label_changed"):
             if key in provenance:
                 provenance[key] = renumber(provenance[key])
-        for key in ("purified_by", "purified_before"):  # a purifier given only the flagged samples lists them
-            records = provenance.get(key)
-            if isinstance(records, (dict, list)):
-                renumbered = [{**r, "flagged": renumber(r["flagged"])} if isinstance(r, dict) and "flagged" in r
-                              else r for r in (records if isinstance(records, list) else [records])]
-                provenance[key] = renumbered if isinstance(records, list) else renumbered[0]
+        if isinstance(provenance.get("purified_by"), dict):
+            provenance["purified_by"] = flags_renumbered(provenance["purified_by"])
+        if isinstance(provenance.get("purified_before"), list):
+            provenance["purified_before"] = [flags_renumbered(r) if isinstance(r, dict) else r
+                                             for r in provenance["purified_before"]]
         if isinstance(provenance.get("norms"), dict):
             provenance["norms"] = {k: np.asarray(v)[index].tolist() for k, v in provenance["norms"].items()}
         return self.replace(x=np.ascontiguousarray(self.x[index]), y=self.y[index].copy(), provenance=provenance)

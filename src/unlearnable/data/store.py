@@ -226,6 +226,11 @@ def budget_levels(eps: float) -> int:
     return int(np.floor(eps * 255 + 1e-6))
 
 
+def between_levels(eps: float) -> bool:
+    """Whether an L-inf radius falls between 8-bit levels (0.1 is 25.5: the budget is the 25 below it)."""
+    return abs(eps * 255 - round(eps * 255)) > 1e-6
+
+
 def perturbation_norms(x: np.ndarray, clean: np.ndarray) -> dict[str, np.ndarray]:
     """Per-sample L-inf, L2 (on the [0, 1] scale) and L0 (changed pixel positions) of ``x - clean``."""
     d = (x.astype(np.int16) - clean.astype(np.int16)).reshape(len(x), x.shape[1], -1)

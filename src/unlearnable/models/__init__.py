@@ -40,22 +40,20 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
     decides its last pool) also get ``image_width``."""
     import inspect
 
-    h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    if w != h and "image_width" in inspect.signature(MODELS.get(name)).parameters:
-        kwargs["image_width"] = w
-    factory = MODELS.get(name)
-    if num_classes < 1 or in_channels < 1:
-        from ..errors import UnlearnableError
+    from ..errors import UnlearnableError
 
+    factory = MODELS.get(name)
+    params = inspect.signature(factory).parameters
+    h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    if w != h and "image_width" in params:
+        kwargs["image_width"] = w
+    if num_classes < 1 or in_channels < 1:
         raise UnlearnableError(f"model {name} needs one or more classes and input channels, got {num_classes} and "
                                f"{in_channels}")
-    params = inspect.signature(factory).parameters
     known = set(params) - {"in_channels", "num_classes", "image_size"}
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     unknown = [] if open_ended else sorted(set(kwargs) - known)
     if unknown:  # a TypeError from inside the factory otherwise
-        from ..errors import UnlearnableError
-
         raise UnlearnableError(f"model {name} has no option {', '.join(unknown)}"
                                + (f" (it takes {', '.join(sorted(known))})" if known else " (it takes none)"))
     model = factory(in_channels=in_channels, num_classes=num_classes, image_size=h, **kwargs)

@@ -684,9 +684,12 @@ _STATES: list[str] = []  # the state files of this command's jobs: said when it 
 
 
 def _announce(state: str) -> None:
+    """Remember ``state`` (said if the command stops early); the job says whether it resumes from it, once it has
+    checked that the state fits (parameters, data, code), or why it ignores it."""
+    from .resume import Resumable
+
     _STATES.append(state)
-    if Path(state).is_file():
-        _say(f"found {state} from an interrupted run: resuming it (if it had the same parameters and data)")
+    Resumable.announce = _say
 
 
 def _say(message: str) -> None:

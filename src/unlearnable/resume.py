@@ -14,7 +14,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -59,6 +59,8 @@ class Resumable:
     keep_state: ClassVar[bool] = False
     #: Seconds the runs before this one spent up to their last saved state (0 unless :meth:`load_state` resumed).
     resumed_seconds: float = 0.0
+    #: Where "resuming from STATE" is said once the state has been found to fit (the CLI: its stderr line).
+    announce: ClassVar[Callable[[str], None]] = log.info
 
     def bind_state(self, data: Any) -> None:
         """Tie the saved state to ``data`` (an ImageSet): a run on other data will not resume from it."""
@@ -88,8 +90,9 @@ class Resumable:
             log.warning("%s: ignoring %s (made with other parameters, other data or another version of the code)",
                         self.name, self.checkpoint)
             return None
-        log.info("%s: resuming from %s", self.name, self.checkpoint)
         self.resumed_seconds = float(saved.get("seconds", 0.0))
+        Resumable.announce(f"{self.name}: resuming the interrupted run kept in {self.checkpoint} "
+                           f"({self.resumed_seconds:.0f} s of work done)")
         return saved["state"]
 
     @contextmanager

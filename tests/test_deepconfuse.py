@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import partial
 from operator import itemgetter
 
@@ -191,6 +192,14 @@ def test_protect_and_load_reject_bad_input(tiny, tmp_path):
         save_file(load_file(path), tmp_path / "edited.safetensors", {"unlearnable.generator": json.dumps(config)})
         with pytest.raises(UnlearnableError, match="cannot rebuild"):  # were TypeError / RuntimeError tracebacks
             load_generator(tmp_path / "edited.safetensors")
+    weights, meta = load_file(path), {"unlearnable.generator": json.dumps(attack.generator_.config)}
+    gone = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != gone}, tmp_path / "cut.safetensors", meta)
+    with pytest.raises(UnlearnableError, match=f"missing weights {re.escape(gone)}"):  # was torch's first line only
+        load_generator(tmp_path / "cut.safetensors")
+    save_file({**weights, gone: weights[gone][:1].clone()}, tmp_path / "cut.safetensors", meta)
+    with pytest.raises(UnlearnableError, match=f"{re.escape(gone)} has shape"):
+        load_generator(tmp_path / "cut.safetensors")
 
 
 def test_protect_warns_at_an_image_size_the_generator_never_saw(tiny, caplog):

@@ -215,11 +215,31 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Pert
         raise UnlearnableError(f"{path} is not a DeepConfuse generator file ({e})") from None
     try:  # a config or weights from another version (or edited): other fields, other shapes
         gen = PerturbationGenerator(**config)
-        gen.load_state_dict(state)
+        reason = _weights_mismatch(gen.state_dict(), state)
+        if not reason:
+            gen.load_state_dict(state)
     except Exception as e:  # noqa: BLE001
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    if reason:
         raise UnlearnableError(f"{path} holds a generator this version cannot rebuild ({reason})") from None
     return gen.to(device).eval()
+
+
+def _weights_mismatch(expected: dict, saved: dict) -> str:
+    """What keeps ``saved`` weights from loading into a network whose ``state_dict()`` is ``expected``, by name
+    (torch's own error names them on lines a one-line error drops), or "" when they fit."""
+    def some(keys: list) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = sorted(set(expected) - set(saved))
+    unexpected = sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        return "; ".join([f"missing weights {some(missing)}"] * bool(missing) +
+                         [f"unknown weights {some(unexpected)}"] * bool(unexpected))
+    for key, value in expected.items():
+        if tuple(saved[key].shape) != tuple(value.shape):
+            return f"{key} has shape {list(saved[key].shape)}, the config's network {list(value.shape)}"
+    return ""
 
 
 @torch.inference_mode()

@@ -184,6 +184,9 @@ def test_folder_says_what_it_leaves_out(tmp_path, caplog, monkeypatch):
     assert "has no images" in caplog.text and "1 image(s) directly in" in caplog.text
     assert "1 file(s) in the class folders" in caplog.text and "notes.txt" in caplog.text  # skipped, and said
     assert "1 image(s) under" in caplog.text and "have transparency: it is dropped" in caplog.text
+    caplog.clear()
+    assert load_dataset(f"folder:{tmp_path / 't'}")[0].fingerprint() == train.fingerprint()  # from the cache
+    assert "have transparency: it is dropped" in caplog.text and "notes.txt" in caplog.text  # said again
 
 
 def test_folder_turns_photos_as_their_exif_orientation_says(tmp_path):

@@ -259,8 +259,9 @@ def _tree_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _read_image_tree(root: Path, classes: list[str], files: list[tuple[Path, int]]
-                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Decode the ``files`` (with class indices) that :func:`_tree_files` found under ``root``."""
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[str]]:
+    """Decode the ``files`` (with class indices) that :func:`_tree_files` found under ``root``; also the files
+    whose transparency was dropped."""
     from .. import progress
 
     if not files:
@@ -272,15 +273,18 @@ def _read_image_tree(root: Path, classes: list[str], files: list[tuple[Path, int
             first = arrays[0] if arrays else None
             arrays.append(_read_image(f, first, transparent))
             advance(1)
-    if transparent:
-        log.warning("%d image(s) under %s (e.g. %s) have transparency: it is dropped, as torchvision's loader "
-                    "drops it (what transparent pixels hide shows, and --png writes them opaque)", len(transparent),
-                    root, transparent[0])
     if any(a.shape[0] == 3 for a in arrays):  # one colour image makes the folder colour: grey ones get 3 channels
         arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
     y = np.array([c for _, c in files], dtype=np.int64)
     names = [str(f.relative_to(root)) for f, _ in files]
-    return np.stack(arrays), y, classes, names
+    return np.stack(arrays), y, classes, names, transparent
+
+
+def _warn_transparent(root: Path, transparent: list[str]) -> None:
+    if transparent:
+        log.warning("%d image(s) under %s (e.g. %s) have transparency: it is dropped, as torchvision's loader "
+                    "drops it (what transparent pixels hide shows, and --png writes them opaque)", len(transparent),
+                    root, transparent[0])
 
 
 def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None = None) -> np.ndarray:
@@ -317,7 +321,8 @@ _DECODER = 3  # 2: 16-bit grey scaled, a colour image makes the folder colour; 3
 
 
 def _cached_tree(root: Path):
-    """Decoding thousands of JPEGs takes seconds: keep the decoded arrays in the cache, keyed by the files' stats."""
+    """Decoding thousands of JPEGs takes seconds: keep the decoded arrays in the cache, keyed by the files' stats
+    (with the files whose transparency was dropped: said on every read, not only on the first)."""
     classes, files = _tree_files(root)
     stats = []
     for p, c in files:
@@ -331,12 +336,16 @@ def _cached_tree(root: Path):
     if path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
+                cached = z["x"], z["y"], [str(c) for c in z["classes"]], [str(n) for n in z["names"]]
+                _warn_transparent(root, [str(f) for f in z["transparent"]] if "transparent" in z.files else [])
+                return cached
         except Exception as e:  # a damaged cache file: decode the folder again
             log.warning("ignoring the unreadable cache %s (%s)", path, e)
-    x, y, classes, names = _read_image_tree(root, classes, files)
+    x, y, classes, names, transparent = _read_image_tree(root, classes, files)
+    _warn_transparent(root, transparent)
     try:
-        write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names)))
+        write_atomic(path, lambda tmp: np.savez(tmp, x=x, y=y, classes=np.array(classes), names=np.array(names),
+                                                transparent=np.array(transparent, dtype=str)))
     except OSError:
         log.warning("could not cache decoded images in %s", path.parent)
     return x, y, classes, names

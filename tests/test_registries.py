@@ -244,6 +244,8 @@ def test_defense_bad_parameters():
         create_defense("jpeg", quality=0)
     with pytest.raises(UnlearnableError):
         create_defense("bdr", bits=9)
+    with pytest.raises(UnlearnableError, match="mode"):
+        create_defense("bdr", mode="ceil")
     with pytest.raises(UnlearnableError, match="no parameter"):
         create_defense("jpeg", qualty=10)
 
@@ -256,7 +258,11 @@ def test_colour_defenses_change_colour_images():
     data = ImageSet(x, np.arange(8) % 2, ["a", "b"])
     gray = create_defense("grayscale").transform(data).x
     assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
-    assert len(np.unique(create_defense("bdr", bits=2).transform(data).x)) == 4
+    # the unlearnable-examples papers' BDR truncates (the D-VAE code: floor(4x)/4 on [0, 1] pixels); Xu et al. round
+    k = torch.arange(256, dtype=torch.uint8)
+    floor = ((4 * (k.float() / 255)).int() / 4).float().mul(255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(create_defense("bdr", bits=2).transform(data).x, floor[x])
+    assert np.unique(create_defense("bdr", bits=2, mode="round").transform(data).x).tolist() == [0, 85, 170, 255]
     assert not np.array_equal(create_defense("jpeg").transform(data).x, x)
 
 

@@ -39,18 +39,33 @@ class Grayscale(Purifier):
 
 @dataclass
 class BitDepthReduction(Purifier):
-    """Quantise every pixel to ``bits`` bits (``2**bits`` levels spread over [0, 1]).
+    """Quantise every pixel to ``bits`` bits.
 
-    Bit-depth reduction (Xu, Evans & Qi, "Feature Squeezing", NDSS 2018), the seed table's "BDR" with 2 bits.
+    Bit-depth reduction, the seed table's "BDR" with 2 bits, as the unlearnable-examples papers apply it: ISS (Liu,
+    Zhao & Larson, ICML 2023; torchvision's ``RandomPosterize(bits)``) and the D-VAE code (yuyi-sd/D-VAE
+    ``dataset.py``, ``BDR``: ``floor(4 x) / 4`` on [0, 1] pixels) both truncate, ``mode="floor"`` (the default,
+    the D-VAE code's exactly: levels 0, 64, 128, 191 of 255, and 255 for white only; ISS's posterize gives 0, 64,
+    128, 192). Feature squeezing (Xu, Evans & Qi, NDSS 2018), where bit-depth reduction comes from, rounds to
+    ``2**bits`` levels spread over [0, 1], ``mode="round"`` (0, 85, 170, 255): it moves pixels by half as much on
+    average and does not darken the image (truncation lowers it by ~32 levels at 2 bits).
     """
 
-    bits: int = 2  # bits per channel kept (seed table: 2)
+    bits: int = 2  # bits per channel kept (seed table, ISS and the D-VAE code: 2)
+    mode: str = "floor"  # "floor": ISS / D-VAE code (truncation); "round": Xu et al.'s feature squeezing
     name = "bdr"
 
     def validate(self) -> None:
         check(1 <= self.bits <= 7, f"bits must lie in 1..7, got {self.bits}")
+        check(self.mode in ("floor", "round"), f"mode must be 'floor' or 'round', got {self.mode!r}")
+
+    def table(self) -> np.ndarray:
+        """What each of the 256 levels becomes."""
+        k = np.arange(256) / 255.0
+        if self.mode == "floor":
+            scale = 2 ** self.bits
+            return np.rint(np.floor(k * scale) / scale * 255).astype(np.uint8)
+        levels = 2 ** self.bits - 1
+        return np.rint(np.rint(k * levels) / levels * 255).astype(np.uint8)
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        levels = 2 ** self.bits - 1
-        table = np.rint(np.rint(np.arange(256) / 255.0 * levels) / levels * 255).astype(np.uint8)
-        return table[x]  # one lookup per pixel: no float copies of the set
+        return self.table()[x]  # one lookup per pixel: no float copies of the set

@@ -15,7 +15,9 @@ class LabelFlip(Attack):
     """Replace the labels of the poisoned fraction by other, uniformly drawn classes; images stay untouched.
 
     Feng, Cai & Zhou, "Learning to Confuse" (NeurIPS 2019), Sec. 4 compares DeepConfuse at a given poisoning
-    ratio with flipping the same fraction of labels at random. ``eps`` plays no part (it is still checked like
+    ratio with flipping the same fraction of labels at random ("one randomly flip[s] the labels in the training
+    data"); drawing the new label from the other classes only is our reading (a draw over all C classes would leave
+    1/C of the chosen labels as they were). ``eps`` plays no part (it is still checked like
 any attack's, so the L-inf default stands).
 
     >>> flipped = LabelFlip(ratio=0.6, seed=0).poison(train)

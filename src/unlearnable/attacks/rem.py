@@ -47,8 +47,9 @@ class REM(Attack):
     padding 4 above 28 px) rather than the official CIFAR flip + crop; the regeneration pass uses batches of 512.
 
     ``preset=fast`` (CPU): 400 surrogate steps (lr decay every 160), 5 defensive steps, eot 2, 3 inner steps -
-    about 1/25 of the paper-default cost per image (BENCHMARKS.md compares the effect). Cost per image and
-    surrogate step is ``steps * eot * (adv_steps + 1)`` input gradients, which is why REM is the slowest attack here.
+    1/14 of the paper default's cost per image and surrogate step, over 400 steps instead of 5,000 (BENCHMARKS.md
+    compares the effect). Cost per image and surrogate step is ``steps * eot * (adv_steps + 1)`` input gradients
+    (default 10 * 5 * 11 = 550, fast 5 * 2 * 4 = 40), which is why REM is the slowest attack here.
     Measured (8/255, default victim): full Fashion-MNIST 92.1% -> 62.4% (surrogate error 0.06 at the end; 64.5% at
     16/255, 51.7% at 32/255); on the 20k colour CIFAR-10 subset 75.4% -> 72.3% only: 400 adversarial steps leave
     a colour surrogate at 78% error.

@@ -29,7 +29,10 @@ class TAP(Attack):
     Defaults (official ``village/options.py``, ``forgemaster_base.py``, ``forgemaster_targeted.py``): shift 1; eps
     8/255; 250 steps of 0.05*eps (0.4/255 at 8/255); random start; differentiable augmentation on; 8 restarts
     (the official keeps the best restart for the whole set; we keep it per image, which can only lower the loss;
-    its start is Gaussian noise times eps clipped to the ball, ours uniform in it, the package PGD's);
+    its start is Gaussian noise times eps clipped to the ball, ours uniform in it, the package PGD's; its
+    augmentation a bilinear sub-pixel shift of up to 4 px on 32-px images and 2 px on 28-px ones plus a flip, ours
+    the package's integer crop with padding 4 at every size plus a flip; its restarts are scored by their last
+    augmented losses, ours without augmentation);
     batch 512. The official surrogate is a ResNet-18 trained 40 epochs; ours defaults to the package's ``cnn``
     trained ``surrogate_epochs`` epochs with the package recipe (``model=resnet18`` for the paper's).
     ``preset=fast``: 20 steps of eps/8, 1 restart (BENCHMARKS.md compares its effect with the default's).

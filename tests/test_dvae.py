@@ -14,6 +14,7 @@ import torch
 
 from unlearnable.attacks import create_attack
 from unlearnable.defenses import DEFENSES, create_defense
+from unlearnable.defenses.base import MIN_LIKENESS, _likeness
 from unlearnable.defenses.dvae import DVAE, RateConstrainedVAE, kld_per_location, rate_term
 from unlearnable.errors import UnlearnableError
 
@@ -247,6 +248,19 @@ def test_a_diverging_fit_is_an_error_not_a_black_set(tiny_set):
         create_defense("vae", width=4, epochs=1, batch_size=64, lr=1e6).fit(tiny_set)
 
 
+def test_a_fit_too_short_to_learn_warns_that_it_gives_noise(tiny_set, tiny_dvae, caplog):
+    """The fast preset's 2 epochs of a 1,000-image set (8 steps) purified to noise (correlation -0.06 with the
+    input, a victim at chance), saved with exit code 0 and not a word."""
+    with caplog.at_level("WARNING"):
+        out = tiny_dvae.transform(tiny_set)  # 4 steps a stage: this test's fit learns nothing, on purpose
+    assert _likeness(out.x, tiny_set.x) < MIN_LIKENESS and "NOT purified but destroyed" in caplog.text
+    assert _likeness(tiny_set.x, tiny_set.x) == pytest.approx(1.0)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        create_defense("jpeg").transform(tiny_set)  # a fixed transform is not checked
+    assert "destroyed" not in caplog.text
+
+
 @pytest.mark.parametrize("bad, match", [({"folds": 1}, "folds"), ({"false_alarm": 1.5}, "false_alarm"),
                                         ({"c": 0}, "positive"), ({"reference": None}, "trusted clean images"),
                                         ({"network_epochs": 0}, "network_epochs"),
@@ -297,6 +311,7 @@ def test_dvae_restores_accuracy_on_classwise_noise(small_train, victim):
     assert poisoned_acc < 0.6, "the poison no longer hurts the victim: the test below would prove nothing"
     purified = create_defense("dvae", **EFFECT_DVAE).fit_transform(poisoned)
     purified_acc = victim(purified)
+    assert _likeness(purified.x, poisoned.x) > MIN_LIKENESS  # a working fit is not taken for noise (next test)
     print(f"class-wise noise {EFFECT_EPS * 255:.0f}/255: poisoned victim {poisoned_acc:.3f}, D-VAE {purified_acc:.3f}")
     assert purified_acc > poisoned_acc + 0.15, (poisoned_acc, purified_acc)
 

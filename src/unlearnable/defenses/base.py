@@ -66,6 +66,13 @@ class Purifier(Resumable):
             # a collapsed fit (a learning rate far too high) gave finite losses and one flat image for all
             raise UnlearnableError(f"{self.name} turned every image into one flat value ({done.flat[0]}/255): its "
                                    "fit collapsed; lower its learning rate (lr) or give it more epochs")
+        if learned and done.size and (r := _likeness(done, given)) < MIN_LIKENESS:
+            # a fit of a few optimiser steps (the fast preset's 2 epochs of a 1,000-image set: 8) gave noise; a
+            # warning, not an error: the test suite's contract checks fit for a handful of steps on purpose
+            log.warning("%s turned the images into noise unrelated to them (mean correlation %.2f with its input, a "
+                        "working fit's ~0.9): its fit learned too little, so the set it gives is NOT purified but "
+                        "destroyed; give it more epochs (--set epochs=N: a small set makes few steps an epoch)",
+                        self.name, r)
         provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
                                                          "seconds": round(time.perf_counter() - t0, 2)}}
         if "purified_by" in data.provenance:  # purified again: the earlier purifiers stay on record, oldest first
@@ -78,3 +85,24 @@ class Purifier(Resumable):
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: A learned purifier's output must resemble its input at least this much (mean per-image Pearson correlation):
+#: the D-VAE's on 10,000 EM-poisoned Fashion-MNIST images scored 0.89 (1% of images under 0.62), a fit of 8 steps
+#: that gave noise -0.06.
+MIN_LIKENESS = 0.25
+
+
+def _likeness(out: np.ndarray, given: np.ndarray, chunk: int = 4096) -> float:
+    """Mean Pearson correlation between each output image and its input, over the images that are not flat."""
+    total, count = 0.0, 0
+    for i in range(0, len(out), chunk):
+        a = out[i:i + chunk].reshape(len(out[i:i + chunk]), -1).astype(np.float32)
+        b = given[i:i + chunk].reshape(len(a), -1).astype(np.float32)
+        a -= a.mean(1, keepdims=True)
+        b -= b.mean(1, keepdims=True)
+        den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        ok = den > 0
+        total += float(((a * b).sum(1)[ok] / den[ok]).sum())
+        count += int(ok.sum())
+    return total / count if count else 1.0

@@ -291,6 +291,27 @@ def test_npz_checks_labels_and_its_test_split(tmp_path):
         load_dataset(f"npz:{tmp_path}")
 
 
+def test_npz_damaged_members_and_labels_that_are_not_class_indices(tmp_path, caplog):
+    """A bad CRC was a 65-line zipfile traceback, a truncated member "holds Python objects", a label of 10**9 a
+    billion class names (and 2**63 in uint64 "labels must lie in 0..8"); labels 1..C left class 0 empty unsaid."""
+    x, y = np.random.default_rng(0).integers(0, 256, (64, 8, 8), np.uint8), np.arange(64) % 4
+    np.savez(tmp_path / "ok.npz", x=x, y=y)
+    raw = bytearray((tmp_path / "ok.npz").read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 100] = bytes(100)  # inside x.npy's pixels: its CRC no longer matches
+    (tmp_path / "crc.npz").write_bytes(bytes(raw))
+    with pytest.raises(UnlearnableError, match="array 'x' is damaged"):
+        load_dataset(f"npz:{tmp_path / 'crc.npz'}")
+    for name, labels, needle in (("huge", y * 10**9, "has the label 3000000000: labels are class indices"),
+                                 ("wrap", np.full(64, 2**63, np.uint64), "labels are class indices")):
+        np.savez(tmp_path / f"{name}.npz", x=x, y=labels)
+        with pytest.raises(UnlearnableError, match=needle):
+            load_dataset(f"npz:{tmp_path / name}.npz")
+    np.savez(tmp_path / "from1.npz", x=x, y=y + 1)
+    with caplog.at_level("WARNING"):
+        assert load_dataset(f"npz:{tmp_path / 'from1.npz'}")[0].num_classes == 5
+    assert "1 of them have no image (e.g. 0)" in caplog.text
+
+
 def test_take_gives_what_a_small_class_lacks_to_the_others():
     y = np.array([0] * 900 + [1] * 50)
     data = ImageSet(np.zeros((950, 1, 4, 4), np.uint8), y, ["big", "small"])

@@ -407,14 +407,23 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
         def array(key: str) -> np.ndarray:
             try:
                 return z[key]
-            except ValueError:  # numpy refuses object arrays without allow_pickle, which would run code
-                raise UnlearnableError(f"{p}: array {key!r} holds Python objects (dtype=object); save numbers, and "
-                                       "class names as strings") from None
+            except ValueError as e:
+                if "allow_pickle" in str(e):  # numpy refuses object arrays without allow_pickle, which would run code
+                    raise UnlearnableError(f"{p}: array {key!r} holds Python objects (dtype=object); save numbers, "
+                                           "and class names as strings") from None
+                raise UnlearnableError(f"{p}: array {key!r} is damaged ({e})") from None
+            except Exception as e:  # noqa: BLE001 - a bad CRC (zipfile.BadZipFile), a truncated member (EOFError)
+                raise UnlearnableError(f"{p}: array {key!r} is damaged ({type(e).__name__}: {e})") from None
 
         x = _images_from_array(array("x"), p)
         y = _labels(array("y"), len(x), p, "y")
         n_cls = int(y.max()) + 1 if len(y) else 0
         classes = _class_names(array("classes"), p) if "classes" in z else [str(i) for i in range(n_cls)]
+        empty = sorted(set(range(n_cls)) - set(np.unique(y).tolist()))
+        if empty and "classes" not in z:
+            log.warning("%s: labels are class indices 0..%d, and %d of them have no image (e.g. %d): each is kept as "
+                        "a class with no samples (labels 1..C or with gaps? give 0..C-1)", p, n_cls - 1, len(empty),
+                        empty[0])
         if len(classes) < 2:
             raise UnlearnableError(f"{p}: labels name {len(classes)} class; at least 2 are needed")
         if n_cls > len(classes):
@@ -450,7 +459,14 @@ def _labels(y: np.ndarray, n: int, path: Path, name: str) -> np.ndarray:
         raise UnlearnableError(f"{path}: {name} must hold integer class labels, got {y.dtype}")
     if len(y) and y.min() < 0:
         raise UnlearnableError(f"{path}: {name} has the negative label {y.min()}")
+    if len(y) and y.max() >= MAX_CLASSES:  # a label of 10**9 made a billion class names
+        raise UnlearnableError(f"{path}: {name} has the label {y.max()}: labels are class indices 0..C-1, with at "
+                               f"most {MAX_CLASSES:,} classes")
     return y.astype(np.int64)
+
+
+#: More classes than any image dataset has (ImageNet-21k: ~21,800): a larger label is a mistake, not a class.
+MAX_CLASSES = 100_000
 
 
 def _images_from_array(x: np.ndarray, path: Path, name: str = "x") -> np.ndarray:

@@ -19,11 +19,37 @@ def seed_list(text: str, default: int, flag: str = "--victim-seeds") -> list[int
 
 def number_list(text: str, kind: type, flag: str) -> list:
     """A comma-separated ``flag`` value as numbers of ``kind``, parsed before any work: a bad one is one line."""
+    from unlearnable.errors import UnlearnableError
+
     try:
         return [kind(v) for v in text.split(",")]
     except ValueError:
         what = "integers" if kind is int else "numbers"
-        raise SystemExit(f"error: {flag} takes comma-separated {what}, got {text!r}") from None
+        raise UnlearnableError(f"{flag} takes comma-separated {what}, got {text!r}") from None
+
+
+def budget_list(text: str, flag: str = "--eps") -> list[float]:
+    """Comma-separated budgets, each ``8/255``, ``8`` (8-bit levels) or a fraction of the pixel range below 1
+    (``0.3``), as radii on [0, 1]. ``1.0`` is refused: it read as the whole range where ``1`` reads as one level."""
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.params import parse_eps
+
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if "/" in item:
+            out.append(parse_eps(item))
+            continue
+        try:
+            value = float(item)
+        except ValueError:
+            raise UnlearnableError(f"{flag}: cannot read {item!r}; give 8/255, 8 (levels) or 0.0314") from None
+        if "." in item and value >= 1:
+            raise UnlearnableError(f"{flag}: {item} is ambiguous; give 8-bit levels as whole numbers (8) and "
+                                   "fractions of the pixel range below 1 (0.0314)")
+        if "." not in item and "e" not in item.lower() and not 1 <= value <= 255:
+            raise UnlearnableError(f"{flag}: {item} levels: a budget in 8-bit levels lies in 1..255")
+        out.append(parse_eps(value / 255 if "." not in item and "e" not in item.lower() else value))
+    return out
 
 
 def victim_runs(data, test, model: str, cfg, seeds: list[int]) -> list:
@@ -74,7 +100,7 @@ def emit(row: dict, path: str | Path) -> dict:
 
 def run_script(main) -> None:
     """A benchmark's entry point: bad input (an unknown attack, a malformed ``--set``, an unreadable set) is one
-    ``error:`` line and exit code 2, as on the package's command line."""
+    ``error:`` line and exit code 2, as on the package's command line; Ctrl-C says "aborted" and exits 130."""
     import sys
 
     from unlearnable.errors import UnlearnableError
@@ -84,6 +110,9 @@ def run_script(main) -> None:
     except (UnlearnableError, OSError) as e:  # an unwritable --json or --out as well
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # the scripts keep no state: a rerun starts over
+        print("aborted (a benchmark keeps no state: running it again starts over)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def set_jobs(sets, ratios: str = "", clean: bool = False, data: str = "", seed: int = 0) -> list:

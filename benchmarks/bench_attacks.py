@@ -16,10 +16,12 @@ import logging
 import time
 from pathlib import Path
 
-from _common import emit, run_meta, run_script
+from _common import budget_list, emit, run_meta, run_script
 from unlearnable.attacks import create_attack
 from unlearnable.data import load
-from unlearnable.params import parse_eps, parse_sets
+from unlearnable.errors import UnlearnableError
+from unlearnable.models import create_model
+from unlearnable.params import parse_sets
 from unlearnable.training import TrainConfig, train
 
 
@@ -28,7 +30,8 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--attack", required=True)
     ap.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--eps", default="8", help="comma-separated budgets in /255 units (or 0.3-style fractions)")
+    ap.add_argument("--eps", default="8", help="comma-separated budgets: 8-bit levels (8), 8/255, or fractions of "
+                    "the pixel range below 1 (0.3)")
     ap.add_argument("--train-subset", type=int, default=0)
     ap.add_argument("--victim", default="cnn")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--no-clean", action="store_true", help="skip the clean reference run")
     ap.add_argument("--json", default="benchmarks/results/attacks.jsonl")
     ap.add_argument("--save", default="", help="directory to keep each poisoned set in (for defense benchmarks)")
+    ap.add_argument("--overwrite", action="store_true", help="replace sets of the same name in --save")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -46,9 +50,18 @@ def main() -> None:
     options = parse_sets(args.options)
     meta = run_meta(data=args.data, train=len(train_set), test=len(test_set), victim=args.victim,
                     victim_epochs=args.victim_epochs, seed=args.seed)
-    budgets = [parse_eps(e if "/" in e or "." in e else f"{e}/255") for e in args.eps.split(",")]
+    budgets = budget_list(args.eps)
     for eps in budgets:  # bad options fail now, not after the clean victim's minutes
         create_attack(args.attack, eps=eps, **{"seed": args.seed, **options})
+    create_model(args.victim, train_set.channels, train_set.num_classes, train_set.image_size)
+
+    def saved(eps: float) -> Path:
+        tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
+        return Path(args.save) / tag.replace("/", "_")
+
+    for eps in budgets if args.save and not args.overwrite else ():  # another run's set is not replaced unasked
+        if saved(eps).exists():
+            raise UnlearnableError(f"{saved(eps)} exists (another run's set?); pass --overwrite to replace it")
     rows = []
     if not args.no_clean:
         r = train(train_set, test_set, args.victim, cfg, description="clean victim")
@@ -63,8 +76,7 @@ def main() -> None:
         if args.save:
             from unlearnable.data import save_set
 
-            tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
-            save_set(poisoned, Path(args.save) / tag.replace("/", "_"), clean=train_set, overwrite=True)
+            save_set(poisoned, saved(eps), clean=train_set, overwrite=True)
         r = train(poisoned, test_set, args.victim, cfg, description="poisoned victim")
         extra = {k: getattr(attack, k) for k in ("rounds_", "final_error_") if hasattr(attack, k)}
         rows.append({**meta, "attack": args.attack, "options": options, "eps": round(eps * 255, 2),

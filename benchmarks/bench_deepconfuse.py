@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import emit, number_list, run_meta, run_script, seed_list, summary, victim_runs
+from _common import budget_list, emit, number_list, run_meta, run_script, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
-from unlearnable.params import parse_eps, parse_sets
+from unlearnable.params import parse_sets
 from unlearnable.report import curve_plot
 from unlearnable.training import TrainConfig, predict, resolve_device, train
 
@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("experiment", choices=["train", "victims", "partial", "svm-weights", "eps-sweep", "speed"])
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--generator", help="a generator saved by `train` or `unlearnable poison --attack deepconfuse`")
-    ap.add_argument("--eps", default="0.3", help="budget(s) for train / eps-sweep, fractions of the pixel range")
+    ap.add_argument("--eps", default="0.3", help="budget(s) for train / eps-sweep: fractions of the pixel range "
+                    "below 1 (0.3), 8/255, or 8-bit levels (8)")
     ap.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                     help="DeepConfuse options for train / eps-sweep")
     ap.add_argument("--out", help="where `train` writes the generator")
@@ -68,6 +69,11 @@ def main() -> None:
     seeds = seed_list(args.victim_seeds, args.seed)
     batch_sizes = number_list(args.batch_sizes, int, "--batch-sizes")
     ratios = number_list(args.ratios, float, "--ratios")
+    budgets = budget_list(args.eps)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.experiment == "train" and args.out and len(budgets) > 1:  # each would overwrite the one before
+        ap.error("train writes one generator to --out: give one --eps (eps-sweep names a file per budget)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     train_set, test_set = load(args.data)
@@ -89,7 +95,7 @@ def main() -> None:
 
     if args.experiment in ("train", "eps-sweep"):
         rows = []
-        for eps in (parse_eps(e) for e in args.eps.split(",")):
+        for eps in budgets:
             attack = create_attack("deepconfuse", eps=eps, **{"seed": args.seed, **options})
             t0 = time.perf_counter()
             attack.fit(train_set)

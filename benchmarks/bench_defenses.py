@@ -25,7 +25,7 @@ import time
 
 from _common import (emit, poisoned_share, run_meta, run_script, seed_list, set_jobs, summary,
                      victim_runs)
-from unlearnable.data import load
+from unlearnable.data import reload_source
 from unlearnable.defenses import create_defense
 from unlearnable.params import parse_sets
 from unlearnable.training import TrainConfig, train
@@ -55,10 +55,12 @@ def main() -> None:
     options = parse_sets(args.options)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
     seeds = seed_list(args.victim_seeds, args.seed)
-    meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs, victim_seeds=seeds)
+    meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs, victim_seeds=seeds,
+                    seed=args.seed)
+    create_defense(args.defense, **{"seed": args.seed, **options})  # a bad name or option: now, not after victims
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data, seed=args.seed):
-        _, test = load(data.source)
+        _, test = reload_source(data)  # a saved set's own clean test split, checked against its record
         before = [r.test_acc for r in victim_runs(data, test, "cnn", cfg, seeds)]
         defense = create_defense(args.defense, **{"seed": args.seed, **options})
         t0 = time.perf_counter()

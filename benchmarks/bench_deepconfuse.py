@@ -79,7 +79,9 @@ def main() -> None:
     train_set, test_set = load(args.data)
     options = parse_sets(args.options)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    base = run_meta(data=args.data, seed=args.seed)
+    base = run_meta(data=args.data, seed=args.seed, victim_epochs=args.epochs, victim_batch_size=args.batch_size,
+                    victim_lr=args.lr, subset=args.subset or None,
+                    generator=args.generator if args.experiment not in ("train", "eps-sweep") else args.out)
 
     def victim_set(data):
         return data.take(args.subset, seed=args.seed) if args.subset else data

@@ -68,9 +68,16 @@ def main() -> None:
     try:
         rs = sorted({float(v) for v in args.r.split(",")})  # in increasing order, so monotonicity is always checked
     except ValueError:
-        raise SystemExit(f"error: --r takes comma-separated numbers, got {args.r!r}") from None
+        ap.error(f"--r takes comma-separated numbers, got {args.r!r}")  # exit 2: 1 says the theorem failed
     if any(not (r >= 0 and math.isfinite(r)) for r in rs):
-        raise SystemExit(f"error: --r takes finite ratios >= 0, got {args.r!r}")
+        ap.error(f"--r takes finite ratios >= 0, got {args.r!r}")
+    if args.plot:  # an unwritable place fails now, not after the table
+        from unlearnable.data.store import check_out_file
+
+        try:
+            check_out_file(args.plot, overwrite=True, suffix=".png")
+        except Exception as e:  # noqa: BLE001 - UnlearnableError: one line, exit 2
+            ap.error(str(e))
     print("| r = delta/sigma | lower ln(1+r^2)/2 - ln 2 | KL (quadrature) | upper ln(1+r^2)/2 | within |")
     print("|---|---|---|---|---|")
     kls, ok = [], True
@@ -84,7 +91,10 @@ def main() -> None:
     increasing = all(b >= a - 1e-12 for a, b in zip(kls, kls[1:]))
     print(f"\nall within the bounds: {ok}; KL increasing in r: {increasing}")
     if args.plot:
-        print(f"plot: {plot(rs, args.plot)}")
+        try:
+            print(f"plot: {plot(rs, args.plot)}")
+        except OSError as e:
+            ap.error(f"cannot write {args.plot}: {e.strerror or e}")
     raise SystemExit(0 if ok and increasing else 1)
 
 

@@ -124,6 +124,11 @@ def set_jobs(sets, ratios: str = "", clean: bool = False, data: str = "", seed: 
 
     if not sets and not (clean and data):
         raise UnlearnableError("nothing to measure: give saved sets, or --clean with --data SPEC")
+    for r in ratios.split(",") if ratios else ():  # before any set is loaded or victim trained
+        try:
+            parse_fraction(r)
+        except (ValueError, ZeroDivisionError):
+            raise UnlearnableError(f"--ratios takes comma-separated fractions, got {ratios!r}") from None
     jobs = []
     for p in sets:
         saved = load_set(p)

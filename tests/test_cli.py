@@ -534,7 +534,7 @@ def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monk
     Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "tt" / "train" / "coats" / "a.jpg")
     err = run("protect", "-g", str(tmp_path / "zero.safetensors"), "--data", f"folder:{tmp_path / 'tt'}", "--png",
               "--out", str(tmp_path / "z"), check_rc=0).stderr
-    assert "warning: 5 of the 5 images it changed are identical" in err, err  # the test split counted too
+    assert "warning: 5 of the 5 images it meant to change are identical" in err, err  # the test split counted too
     assert "1 files renamed where their names would meet: train/coats/a.jpg -> train/coats/a-" in err, err
     kept, own = (np.asarray(Image.open(d / "train" / "coats" / "a.png")) for d in (tmp_path / "z", tmp_path / "tt"))
     assert np.array_equal(kept, own)  # a.png keeps its own name (the zero generator changed no pixel)

@@ -190,8 +190,8 @@ def _unchanged_note(pairs) -> str:
         total += len(changed)
     if not same:
         return ""
-    return (f"; warning: {same} of the {total} images it changed are identical to their input after 8-bit "
-            "rounding (a perturbation under half a level)")
+    return (f"; warning: {same} of the {total} images it meant to change are identical to their input after "
+            "8-bit rounding (a perturbation under half a level)")
 
 
 @app.command()

@@ -12,9 +12,13 @@ uses 100). The linear SVM (the paper's Fig. 10 weight picture, which has no offi
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class PixelClassifier:
@@ -42,7 +46,17 @@ class PixelClassifier:
         idx = np.arange(len(y))
         if self.max_samples and len(y) > self.max_samples:  # the package's sampler: any class sizes, any n
             idx = stratified_indices(y, self.max_samples, self.seed)
-        self.estimator.fit(self.features(np.asarray(x)[idx]), y[idx])
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:  # scikit-learn's own two lines name its source file
+            warnings.simplefilter("always", ConvergenceWarning)
+            self.estimator.fit(self.features(np.asarray(x)[idx]), y[idx])
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                log.warning("%s did not converge in its iteration limit (scikit-learn's default): its fit is "
+                            "approximate", type(self.estimator).__name__)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return self
 
     def predict(self, x: Any) -> np.ndarray:

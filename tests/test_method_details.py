@@ -1,0 +1,347 @@
+"""Cheap checks of method details that the effect tests' accuracy margins cannot see: each one failed under the
+deliberate bug its docstring names (a mutation check of the suite, 2026-12-06, found no test that did)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unlearnable.data import ImageSet
+from unlearnable.pgd import PGD
+
+C = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast alone and far faster on a busy machine (the EM check: 0.3 s against
+    17 s with two threads on the shared 2-core host, 2026-12-06); the caller's setting comes back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def own_rng():
+    """The tests seed torch's global generator; the tests after them get it back as it was."""
+    with torch.random.fork_rng():
+        yield
+
+
+def synthetic(n: int = 40, side: int = 28, channels: int = 1, value: int | None = None, seed: int = 0) -> ImageSet:
+    """``n`` images with labels 0..C-1 in turn: random pixels, or every pixel ``value``."""
+    rng = np.random.default_rng(seed)
+    shape = (n, channels, side, side)
+    x = np.full(shape, value, np.uint8) if value is not None else rng.integers(0, 256, shape, dtype=np.uint8)
+    return ImageSet(x, np.arange(n) % C, [str(c) for c in range(C)], source="synthetic")
+
+
+def linear_model(side: int = 8, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(side * side, C)).eval()
+
+
+# ------------------------------------------------------------------------------------------------------- PGD
+def test_l2_projection_only_shrinks_long_perturbations():
+    """the L2 "projection" scaled every delta onto the sphere, also those already inside the ball."""
+    pgd = PGD(eps=0.5, step_size=0.1, steps=1, norm="l2")
+    d = torch.randn(3, 1, 4, 4)
+    short = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 0.2
+    torch.testing.assert_close(pgd.project(short), short)
+    long = short * 10
+    torch.testing.assert_close(pgd.project(long).flatten(1).norm(dim=1), torch.full((3,), 0.5))
+
+
+def test_eot_evaluates_the_loss_eot_times_per_step():
+    """EOT ignored (one loss evaluation per step instead of ``eot``)."""
+    calls = []
+
+    def loss(z):
+        calls.append(1)
+        return z.sum()
+
+    PGD(eps=0.1, step_size=0.01, steps=2, eot=3).run(loss, torch.full((2, 1, 4, 4), 0.5))
+    assert len(calls) == 6
+
+
+# ------------------------------------------------------------------------------------------------------- EM
+def test_em_minimises_the_surrogate_error(small_train, monkeypatch):
+    """EM's PGD maximised the surrogate loss (min-max instead of min-min)."""
+    from unlearnable.attacks.em import EM
+
+    made, original = [], PGD.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self.maximize)
+
+    monkeypatch.setattr(PGD, "__init__", spy)
+    em = EM(eps=32 / 255, mode="sample", steps=5, max_rounds=2, train_steps=10, batch_size=100, model_width=8,
+            seed=0)
+    em.poison(small_train.take(100, seed=3))
+    assert made == [False]
+    assert em.final_error_ < 0.4  # 2026-12-06, this machine: 0.04 as written, 0.81 with the ascent
+
+
+@pytest.mark.parametrize("mode, rounds", [("class", 1), ("sample", 3)])
+def test_em_default_stop_error_depends_on_the_mode(monkeypatch, mode, rounds):
+    """the default stop errors swapped between modes (0.1 class-wise, 0.01 sample-wise)."""
+    from unlearnable.attacks.em import EM
+
+    monkeypatch.setattr(EM, "_error", lambda self, *a: 0.05)
+    em = EM(eps=8 / 255, mode=mode, steps=1, max_rounds=3, train_steps=0, model_width=8, sweep_portion=1.0)
+    em.poison(synthetic(40))
+    assert em.rounds_ == rounds
+
+
+# ------------------------------------------------------------------------------------------------------- REM
+def test_rem_inner_attack_maximises_and_the_noise_minimises(monkeypatch):
+    """REM's inner attack (radius rho) minimised the loss instead of maximising it."""
+    from unlearnable.attacks.rem import REM
+
+    runs, original = [], PGD.run
+
+    def spy(self, *args, **kwargs):
+        runs.append((round(self.eps * 255), self.maximize))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PGD, "run", spy)
+    REM(eps=8 / 255, rho=4 / 255, train_steps=1, steps=1, eot=1, adv_steps=1, batch_size=16, model_width=8,
+        seed=0).poison(synthetic(16))
+    assert {m for e, m in runs if e == 4} == {True}
+    assert {m for e, m in runs if e == 8} == {False}
+
+
+# ------------------------------------------------------------------------------------------------------- TAP/SEP
+def _targeted(pgd, restarts=1, shift=1):
+    from unlearnable.attacks.tap import TAP, targeted_pgd
+
+    data = synthetic(32, side=8)
+    model = linear_model()
+    out = targeted_pgd(TAP(), pgd, [model], data, np.arange(len(data)), shift, restarts, 512, None,
+                       torch.Generator().manual_seed(0), torch.device("cpu"), "test")
+    return data, model, out
+
+
+def test_targeted_pgd_drives_images_to_y_plus_shift():
+    """TAP/SEP targeted (y - shift) mod C instead of (y + shift) mod C."""
+    data, model, out = _targeted(PGD(eps=0.5, step_size=0.05, steps=30))
+    with torch.no_grad():
+        pred = model(out).argmax(1).numpy()
+    assert (pred == (data.y + 1) % C).mean() > 0.8
+
+
+def test_targeted_pgd_keeps_the_best_restart(monkeypatch):
+    """TAP kept the first restart per image instead of the one with the lowest target loss."""
+    data = synthetic(32, side=8)
+    x = torch.from_numpy(data.x).float() / 255
+    target = torch.as_tensor((data.y + 1) % C)
+    good = PGD(eps=0.5, step_size=0.05, steps=30).run(
+        lambda z: nn.functional.cross_entropy(linear_model()(z), target), x)
+    pgd = PGD(eps=0.5, step_size=0.05, steps=1)
+    preset = iter([torch.zeros_like(x), good, -good])
+    monkeypatch.setattr(pgd, "run", lambda *a, **k: next(preset))
+    _, _, out = _targeted(pgd, restarts=3)
+    torch.testing.assert_close(out, (x + good).clamp(0, 1))
+
+
+def test_sep_crafts_against_all_its_checkpoints(monkeypatch):
+    """SEP passed only its final checkpoint (no ensemble) to the targeted PGD."""
+    import unlearnable.attacks.sep as sep
+
+    seen = []
+
+    def spy(attack, pgd, models, data, index, *rest):
+        seen.append(len(models))
+        return data.tensors("cpu")[0][torch.as_tensor(index)]
+
+    monkeypatch.setattr(sep, "targeted_pgd", spy)
+    sep.SEP(eps=8 / 255, surrogate_epochs=2, checkpoints=2, steps=1, model_width=8, seed=0).poison(synthetic(40))
+    assert seen == [2]
+
+
+# ------------------------------------------------------------------------------------------------------- baselines
+def test_random_noise_class_wise_is_shared_within_a_class():
+    """class mode silently drew sample-wise noise."""
+    from unlearnable.attacks.random_noise import RandomNoise
+
+    data = synthetic(40, value=128)
+    delta = RandomNoise(eps=16 / 255, mode="class", seed=0).poison(data).x.astype(int) - 128
+    for c in range(C):
+        members = delta[data.y == c]
+        assert (members == members[0]).all()
+    assert not (delta[0] == delta[1]).all()
+
+
+def test_random_noise_is_two_sided_uniform():
+    """the noise was drawn from U(0, eps) (one-sided) instead of U(-eps, eps)."""
+    from unlearnable.attacks.random_noise import RandomNoise
+
+    delta = RandomNoise(eps=16 / 255, seed=0).poison(synthetic(40, value=128)).x.astype(int) - 128
+    assert delta.min() <= -15 and delta.max() >= 15
+    assert abs(delta.mean()) < 0.5
+
+
+def test_label_flip_changes_every_label():
+    """a "flip" drew over all C classes and kept ~1/C of the true labels."""
+    from unlearnable.attacks.label_flip import LabelFlip
+
+    data = synthetic(200)
+    assert (LabelFlip(seed=0).poison(data).y != data.y).all()
+
+
+# ------------------------------------------------------------------------------------------------------- DeepConfuse
+def _deepconfuse_steps(monkeypatch, targeted: bool, n_steps: int = 5):
+    """``n_steps`` generator updates of DeepConfuse on one fixed batch (the classifier's real step disabled); the
+    pseudo-stepped classifier's logits on the clean batch before and after."""
+    from unlearnable.attacks.deepconfuse import DeepConfuse, build_generator
+    from unlearnable.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    y = torch.arange(32) % C
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(64, C))
+    cfg = TrainConfig(lr=1.0, batch_size=32, momentum=0.0, weight_decay=0.0, label_smoothing=0.0,
+                      schedule="constant", amp=False, channels_last=False, augment=False, seed=0, device="cpu")
+    trainer = Trainer(clf, cfg, total_steps=1, image_size=8, device=torch.device("cpu"))
+    monkeypatch.setattr(trainer, "step", lambda *a: None)
+    g = build_generator("ae", 1, 8, eps=0.3)
+    g_opt = torch.optim.Adam(g.parameters(), lr=1e-2)
+    attack = DeepConfuse(targeted=targeted)
+
+    def pseudo_logits():
+        from torch.func import functional_call
+
+        g.train()
+        params = dict(clf.named_parameters())
+        loss = nn.functional.cross_entropy(clf(g.perturb(x)), y)
+        grads = torch.autograd.grad(loss, tuple(params.values()))
+        stepped = {k: p - cfg.lr * gr for (k, p), gr in zip(params.items(), grads)}
+        return functional_call(clf, stepped, (x,)).detach()
+
+    before = pseudo_logits()
+    for _ in range(n_steps):
+        attack._step(trainer, g, copy.deepcopy(g).eval(), g_opt, x, y, C)
+    return y, before, pseudo_logits()
+
+
+def test_deepconfuse_generator_ascends_the_clean_loss(monkeypatch):
+    """the untargeted generator step descended on the clean loss instead of ascending."""
+    ce = nn.functional.cross_entropy
+    y, before, after = _deepconfuse_steps(monkeypatch, targeted=False)
+    assert ce(after, y) > ce(before, y)
+
+
+def test_deepconfuse_targets_y_plus_one(monkeypatch):
+    """targeted DeepConfuse pushed toward (y + 2) mod C instead of eta(y) = (y + 1) mod C."""
+    ce = nn.functional.cross_entropy
+    targets, original = [], nn.functional.cross_entropy
+
+    def spy(out, target, *a, **k):
+        targets.append(target.clone())
+        return original(out, target, *a, **k)
+
+    import unlearnable.attacks.deepconfuse as dc
+
+    monkeypatch.setattr(dc.F, "cross_entropy", spy)
+    y, before, after = _deepconfuse_steps(monkeypatch, targeted=True)
+    monkeypatch.undo()
+    assert any(torch.equal(t, (y + 1) % C) for t in targets)
+    assert not any(torch.equal(t, (y + 2) % C) for t in targets)
+    assert ce(after, (y + 1) % C) < ce(before, (y + 1) % C)  # and the step descends toward it
+
+
+def test_deepconfuse_generator_output_fills_but_stays_in_budget():
+    """the generator's tanh output was scaled by 2 * eps (only later quantisation clipped it back)."""
+    from unlearnable.attacks.deepconfuse import build_generator
+
+    g = build_generator("ae", 1, 28, eps=0.1)
+    with torch.no_grad():
+        g.head[1].weight.fill_(100.0)  # batch norm (batch statistics) then tanh: saturated
+    with torch.no_grad():
+        out = g(torch.rand(4, 1, 28, 28))
+    assert out.abs().max() <= 0.1 + 1e-6
+    assert out.abs().max() >= 0.09
+
+
+# ------------------------------------------------------------------------------------------------------- store
+def test_write_atomic_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    """write_atomic wrote in place, so a writer failing midway left a half-written file."""
+    from unlearnable.data.store import write_atomic
+
+    p = tmp_path / "result.txt"
+    p.write_text("old")
+
+    def failing(target):
+        target.write_text("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(p, failing)
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["result.txt"]
+
+
+# ------------------------------------------------------------------------------------------------------- defenses
+def test_jpeg_quality_is_used():
+    """the JPEG purifier ignored its quality (Pillow's default 75 for every setting)."""
+    from unlearnable.defenses.jpeg import JPEG
+
+    x = synthetic(8, side=32, channels=3).x
+    y = np.zeros(8, np.int64)
+    err = {q: np.mean((JPEG(quality=q).purify(x, y).astype(float) - x) ** 2) for q in (10, 95)}
+    assert err[95] < err[10]
+
+
+def test_grayscale_uses_luma_weights():
+    """"grayscale" kept the red channel instead of the luma."""
+    from unlearnable.defenses.simple import Grayscale
+
+    x = np.zeros((2, 3, 4, 4), np.uint8)
+    x[0, 0] = 255  # pure red
+    x[1, 1] = 255  # pure green
+    out = Grayscale().purify(x, np.zeros(2, np.int64)).astype(int)
+    assert (abs(out[0] - 76) <= 1).all()
+    assert (abs(out[1] - 150) <= 1).all()
+
+
+# ------------------------------------------------------------------------------------------------------- detection
+def test_f1_is_the_harmonic_mean_not_jaccard():
+    """F1 computed as tp / (tp + fp + fn) (the Jaccard index)."""
+    from unlearnable.detect import detection_metrics
+
+    m = detection_metrics([0, 1], [1, 2], n=4)  # tp 1 (1), fp 1 (0), fn 1 (2)
+    assert m["f1"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------------- training
+def test_trainer_loss_uses_label_smoothing():
+    """the trainer's loss dropped the configured label smoothing."""
+    from unlearnable.training import TrainConfig, Trainer
+
+    model = linear_model()
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % C
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(model(x), y, label_smoothing=0.3).item() * len(y)
+    cfg = TrainConfig(lr=1e-3, label_smoothing=0.3, augment=False, amp=False, channels_last=False, seed=0,
+                      device="cpu")
+    loss, _ = Trainer(model, cfg, total_steps=1, image_size=8, device=torch.device("cpu")).step(x, y)
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_train_is_seeded_by_its_config_not_the_global_state():
+    """train() took the model initialisation from the caller's global RNG instead of cfg.seed."""
+    from unlearnable.training import TrainConfig, train
+
+    data = synthetic(32)
+    cfg = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu")
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        results.append(train(data, None, "linear", cfg).model.state_dict())
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=0, atol=0)

@@ -81,7 +81,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     base = run_meta(data=args.data, seed=args.seed, victim_epochs=args.epochs, victim_batch_size=args.batch_size,
                     victim_lr=args.lr, subset=args.subset or None,
-                    generator=args.generator if args.experiment not in ("train", "eps-sweep") else args.out)
+                    generator=args.generator if args.experiment not in ("train", "eps-sweep") else None)
 
     def victim_set(data):
         return data.take(args.subset, seed=args.seed) if args.subset else data
@@ -107,7 +107,8 @@ def main() -> None:
                 attack.save_generator(out)
             protected = protect_set(attack.generator_, train_set)
             result = train(victim_set(protected), test_set, "cnn", cfg)
-            row = {"experiment": args.experiment, "eps": eps, "options": options, "train_s": round(seconds, 1),
+            row = {"experiment": args.experiment, "generator": str(out) if args.out else None, "eps": eps,
+                   "options": options, "train_s": round(seconds, 1),
                    "trials": len(attack.history_), "victim": "cnn", "acc": result.test_acc,
                    "peak": result.peak_test_acc}
             if attack.targeted:  # the paper's label-specific success: clean test images the victim puts in eta(y)

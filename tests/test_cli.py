@@ -186,6 +186,12 @@ def test_a_failed_save_keeps_the_attack_state_and_ctrl_c_exits_130(tmp_path, mon
     monkeypatch.setattr(data_mod, "save_set", save_set)
     assert "resuming" in run(*poison, str(tmp_path / "em"), check_rc=0).stderr
     assert not (tmp_path / ".em.state.pt").exists()  # cleared once the set is saved
+    from unlearnable import resume
+
+    assert resume.Resumable.announce == resume.log.info  # the API's channel again after the command
+    (tmp_path / ".rn.state.pt").write_bytes(b"junk")  # an interrupted run's state that no job here can use
+    p = run("poison", "--attack", "random-noise", "--subset", "50", "--out", str(tmp_path / "rn"), check_rc=0)
+    assert f"removed {tmp_path / '.rn.state.pt'}" in p.stderr and not (tmp_path / ".rn.state.pt").exists()
     run(*poison, str(tmp_path / "straight"), check_rc=0)
     np.testing.assert_array_equal(np.load(tmp_path / "em" / "x.npy"), np.load(tmp_path / "straight" / "x.npy"))
 

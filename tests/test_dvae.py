@@ -253,8 +253,10 @@ def test_a_fit_too_short_to_learn_warns_that_it_gives_noise(tiny_set, tiny_dvae,
     input, a victim at chance), saved with exit code 0 and not a word."""
     with caplog.at_level("WARNING"):
         out = tiny_dvae.transform(tiny_set)  # 4 steps a stage: this test's fit learns nothing, on purpose
-    assert _likeness(out.x, tiny_set.x) < MIN_LIKENESS and "NOT purified but destroyed" in caplog.text
+    assert _likeness(out.x, tiny_set.x) < MIN_LIKENESS and "destroyed rather than purified" in caplog.text
     assert _likeness(tiny_set.x, tiny_set.x) == pytest.approx(1.0)
+    flat = np.broadcast_to(np.arange(len(tiny_set), dtype=np.uint8)[:, None, None, None], tiny_set.x.shape)
+    assert _likeness(flat, tiny_set.x) == 0  # one flat image each (not one for all): nothing of the images left
     caplog.clear()
     with caplog.at_level("WARNING"):
         create_defense("jpeg").transform(tiny_set)  # a fixed transform is not checked

@@ -725,6 +725,10 @@ def main() -> None:
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
         raise
+    finally:  # a caller that runs a command in its process gets the library's own "resuming" channel back
+        from . import resume
+
+        resume.Resumable.announce = resume.log.info
 
 
 def _kept() -> str:

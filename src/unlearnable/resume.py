@@ -41,7 +41,7 @@ def code_digest() -> str:
 
 code_digest()  # now: a file edited while a job runs is not taken for the code that runs it
 
-#: The state files this process wrote: what a command that stops early may say it kept.
+#: The state files this process wrote or resumed from: what a command that stops early may say it kept.
 written: set[str] = set()
 
 
@@ -91,6 +91,7 @@ class Resumable:
                         self.name, self.checkpoint)
             return None
         self.resumed_seconds = float(saved.get("seconds", 0.0))
+        written.add(str(self.checkpoint))
         Resumable.announce(f"{self.name}: resuming the interrupted run kept in {self.checkpoint} "
                            f"({self.resumed_seconds:.0f} s of work done)")
         return saved["state"]
@@ -117,6 +118,9 @@ class Resumable:
 
     def clear_state(self) -> None:
         if self.checkpoint and Path(self.checkpoint).is_file():
+            if str(self.checkpoint) not in written:  # an interrupted run's, that this job could not use: said
+                log.warning("%s: removed %s, an interrupted run's state this job could not use", self.name,
+                            self.checkpoint)
             Path(self.checkpoint).unlink()
 
 

@@ -317,7 +317,8 @@ def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None
 
 
 #: Bumped whenever reading a folder changes what the same files decode to: older cached arrays are not reused.
-_DECODER = 3  # 2: 16-bit grey scaled, a colour image makes the folder colour; 3: EXIF orientation (2026-12-06)
+_DECODER = 4  # 2: 16-bit grey scaled, a colour image makes the folder colour; 3: EXIF orientation (2026-12-06);
+#               4: the cache keeps which files lost their transparency (older caches stayed silent about it)
 
 
 def _cached_tree(root: Path):
@@ -412,6 +413,8 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
                     raise UnlearnableError(f"{p}: array {key!r} holds Python objects (dtype=object); save numbers, "
                                            "and class names as strings") from None
                 raise UnlearnableError(f"{p}: array {key!r} is damaged ({e})") from None
+            except MemoryError:  # a sound file too large for this machine: not "damaged"
+                raise UnlearnableError(f"{p}: array {key!r} does not fit in this machine's memory") from None
             except Exception as e:  # noqa: BLE001 - a bad CRC (zipfile.BadZipFile), a truncated member (EOFError)
                 raise UnlearnableError(f"{p}: array {key!r} is damaged ({type(e).__name__}: {e})") from None
 

@@ -69,10 +69,10 @@ class Purifier(Resumable):
         if learned and done.size and (r := _likeness(done, given)) < MIN_LIKENESS:
             # a fit of a few optimiser steps (the fast preset's 2 epochs of a 1,000-image set: 8) gave noise; a
             # warning, not an error: the test suite's contract checks fit for a handful of steps on purpose
-            log.warning("%s turned the images into noise unrelated to them (mean correlation %.2f with its input, a "
-                        "working fit's ~0.9): its fit learned too little, so the set it gives is NOT purified but "
-                        "destroyed; give it more epochs (--set epochs=N: a small set makes few steps an epoch)",
-                        self.name, r)
+            log.warning("%s gave images nearly unrelated to its input (mean correlation %.2f; a working fit scores "
+                        "~0.9 on Fashion-MNIST): its fit has most likely learned too little and the set is destroyed "
+                        "rather than purified; give it more epochs (--set epochs=N: a small set makes few steps an "
+                        "epoch) and train a victim on the result before trusting it", self.name, r)
         provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
                                                          "seconds": round(time.perf_counter() - t0, 2)}}
         if "purified_by" in data.provenance:  # purified again: the earlier purifiers stay on record, oldest first
@@ -94,7 +94,8 @@ MIN_LIKENESS = 0.25
 
 
 def _likeness(out: np.ndarray, given: np.ndarray, chunk: int = 4096) -> float:
-    """Mean Pearson correlation between each output image and its input, over the images that are not flat."""
+    """Mean Pearson correlation between each output image and its input, over the inputs that are not flat (a flat
+    output of such an input counts as 0: nothing of the image is left)."""
     total, count = 0.0, 0
     for i in range(0, len(out), chunk):
         a = out[i:i + chunk].reshape(len(out[i:i + chunk]), -1).astype(np.float32)
@@ -102,7 +103,7 @@ def _likeness(out: np.ndarray, given: np.ndarray, chunk: int = 4096) -> float:
         a -= a.mean(1, keepdims=True)
         b -= b.mean(1, keepdims=True)
         den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-        ok = den > 0
-        total += float(((a * b).sum(1)[ok] / den[ok]).sum())
+        ok = (b * b).sum(1) > 0
+        total += float(((a * b).sum(1)[ok] / np.maximum(den[ok], 1e-12)).sum())
         count += int(ok.sum())
     return total / count if count else 1.0

@@ -43,8 +43,8 @@ class EM(Attack):
     ``perturbation.py``, ``configs/cifar10/resnet18.yaml``): eps 8/255; step 0.8/255 (= eps/10, kept as that ratio
     when eps changes); 20 PGD steps sample-wise, 1 class-wise; 10 surrogate steps per round; stop error 0.01
     sample-wise and 0.1 class-wise (METHODS.md; the official README's class-wise example - its CIFAR-10/100 and SVHN
-    scripts use 0.01, which cost Fashion-MNIST 9 points of effect, below); zero initial noise; batch 512; surrogate SGD lr 0.1, momentum 0.9, wd 5e-4, gradient clipping 5, no
-    augmentation while crafting.
+    scripts use 0.01, which cost Fashion-MNIST 9 points of effect, below); zero initial noise; batch 512; surrogate
+    SGD lr 0.1, momentum 0.9, wd 5e-4, gradient clipping 5, no augmentation while crafting.
     Deviations: the surrogate defaults to the package's fast ``cnn`` (the paper's ResNet-18 is ``preset=paper`` or
     ``model=resnet18``: ~60 images/s on a 2-core CPU); ``max_rounds`` caps the loop (the official loop has no cap);
     the noise is added signed and the image clamped (the official data loader clamps the noise itself to [0, 255],

@@ -32,23 +32,23 @@ def budget_list(text: str, flag: str = "--eps") -> list[float]:
     """Comma-separated budgets, each ``8/255``, ``8`` (8-bit levels) or a fraction of the pixel range below 1
     (``0.3``), as radii on [0, 1]. ``1.0`` is refused: it read as the whole range where ``1`` reads as one level."""
     from unlearnable.errors import UnlearnableError
-    from unlearnable.params import parse_eps
+    from unlearnable.params import parse_fraction
 
     out = []
     for item in (t.strip() for t in text.split(",")):
-        if "/" in item:
-            out.append(parse_eps(item))
-            continue
         try:
-            value = float(item)
-        except ValueError:
+            value = parse_fraction(item)  # 8/255 too
+        except (ValueError, ZeroDivisionError):
             raise UnlearnableError(f"{flag}: cannot read {item!r}; give 8/255, 8 (levels) or 0.0314") from None
-        if "." in item and value >= 1:
-            raise UnlearnableError(f"{flag}: {item} is ambiguous; give 8-bit levels as whole numbers (8) and "
-                                   "fractions of the pixel range below 1 (0.0314)")
-        if "." not in item and "e" not in item.lower() and not 1 <= value <= 255:
+        levels = not any(c in item.lower() for c in "./e")
+        if levels and not 1 <= value <= 255:
             raise UnlearnableError(f"{flag}: {item} levels: a budget in 8-bit levels lies in 1..255")
-        out.append(parse_eps(value / 255 if "." not in item and "e" not in item.lower() else value))
+        if "/" in item and not 0 < value <= 1:
+            raise UnlearnableError(f"{flag}: {item} is not a budget between 0 and the whole pixel range")
+        if not levels and "/" not in item and not 0 < value < 1:
+            raise UnlearnableError(f"{flag}: {item}: give 8-bit levels as whole numbers (8) and fractions of the "
+                                   "pixel range below 1 (0.0314)")
+        out.append(value / 255 if levels else value)
     return out
 
 

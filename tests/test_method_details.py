@@ -345,3 +345,24 @@ def test_train_is_seeded_by_its_config_not_the_global_state():
         results.append(train(data, None, "linear", cfg).model.state_dict())
     for k in results[0]:
         torch.testing.assert_close(results[0][k], results[1][k], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------------- D-VAE
+def test_dvae_stage_two_fits_stage_one_output_under_its_own_limit(monkeypatch):
+    """stage 2 fitted on the poisoned images instead of stage 1's output, or a stage took the other's KL limit."""
+    from unlearnable.defenses.dvae import DVAE
+
+    calls, original = [], DVAE._train
+
+    def spy(self, data, limit, *args, **kwargs):
+        calls.append((data.x.copy(), limit))
+        return original(self, data, limit, *args, **kwargs)
+
+    monkeypatch.setattr(DVAE, "_train", spy)
+    data = synthetic(64, side=8)
+    dvae = DVAE(width=2, epochs=1, batch_size=32, kld_1=0.7, kld_2=2.5, seed=0).fit(data)
+    (x_stage1, limit1), (x_stage2, limit2) = calls
+    assert (limit1, limit2) == (0.7, 2.5)
+    np.testing.assert_array_equal(x_stage1, data.x)
+    np.testing.assert_array_equal(x_stage2, dvae._stage1(data.x, data.y)[0])  # stage 1's x - p_hat
+    assert not np.array_equal(x_stage2, data.x)

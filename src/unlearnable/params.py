@@ -223,5 +223,12 @@ def check(condition: bool, message: str) -> None:
         raise UnlearnableError(message)
 
 
+def height_width(size: Any) -> tuple[int, int]:
+    """An image size given as one side (a square) or as height and width (a tuple, or a JSON list) -> ``(h, w)``."""
+    import numpy as np
+
+    return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UnlearnableError
+from .params import height_width
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -128,7 +129,7 @@ def differentiable_augment(image_size: int | tuple[int, int], flip: bool = True,
     ``image_size``: a square's side or (height, width)."""
     import kornia.augmentation as K
 
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = height_width(image_size)
     ops: list[nn.Module] = [K.RandomCrop(size, padding=pad, p=1.0)] if pad else []
     if flip:
         ops.append(K.RandomHorizontalFlip())

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .data.store import torch_save_atomic
-from .errors import UnlearnableError
+from .errors import UnlearnableError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ class Resumable:
         except torch.cuda.OutOfMemoryError:  # the state may well fit: the device's memory does not
             raise
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            raise UnlearnableError(f"{self.name}: the state in {self.checkpoint} does not fit this run ({reason}); "
-                                   "delete it to start afresh") from None
+            raise UnlearnableError(f"{self.name}: the state in {self.checkpoint} does not fit this run "
+                                   f"({first_line(e)}); delete it to start afresh") from None
 
     def finish_state(self) -> None:
         """The job has its result: remove the state, unless the caller keeps it until the result is saved."""
@@ -144,8 +143,7 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
         with torch.serialization.safe_globals(_numpy_globals()):
             saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is ignored, never half-applied
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        log.warning("ignoring %s: not a state this version can read (%s)", path, reason)
+        log.warning("ignoring %s: not a state this version can read (%s)", path, first_line(e))
         return None
     if not isinstance(saved, dict):
         log.warning("ignoring %s: not a state this version can read", path)

@@ -94,8 +94,8 @@ from torch.func import functional_call
 from .. import progress
 from ..data import ImageSet, require_set
 from ..data.store import write_atomic
-from ..errors import UnlearnableError
-from ..params import check, check_choice
+from ..errors import UnlearnableError, first_line
+from ..params import check, check_choice, height_width
 from ..resume import rng_state, set_rng_state
 from ..training import keeps_global_rng
 from .base import Attack, require_unperturbed
@@ -167,7 +167,7 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
     the longer side of ``image_size`` (a side, or height and width: a generator for 28 x 96 images is the one for
     96 x 28 ones)."""
     check_choice("generator", arch, GENERATORS)
-    h, w = _height_width(image_size)
+    h, w = height_width(image_size)
     if arch == "auto":
         arch = "ae" if max(h, w) <= 28 else "unet" if max(h, w) <= 32 else "deep"
     shape = {"ae": dict(width=16, depth=2, skips=False),  # 28 -> 14 -> 7 and back (official MNIST AE: 28 -> 2x2)
@@ -178,11 +178,7 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
 
 def trained_size(config: dict[str, Any]) -> tuple[int, int]:
     """The height and width of a generator's training images, from its config (one side before 2026-12-06)."""
-    return _height_width(config["image_size"])
-
-
-def _height_width(size: Any) -> tuple[int, int]:
-    return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+    return height_width(config["image_size"])
 
 
 def generator_bytes(generator: PerturbationGenerator) -> bytes:
@@ -219,7 +215,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Pert
         if not reason:
             gen.load_state_dict(state)
     except Exception as e:  # noqa: BLE001
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e, 160)
     if reason:
         raise UnlearnableError(f"{path} holds a generator this version cannot rebuild ({reason})") from None
     return gen.to(device).eval()

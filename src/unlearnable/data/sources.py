@@ -287,7 +287,7 @@ def _warn_transparent(root: Path, transparent: list[str]) -> None:
                     root, transparent[0])
 
 
-def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None = None) -> np.ndarray:
+def _read_image(f: Path, first: np.ndarray | None, transparent: list[str]) -> np.ndarray:
     """One image file as C x H x W uint8: 1 channel if the file is grey, else 3 (RGB); of ``first``'s size; turned
     as its EXIF orientation says (as viewers show it: a phone's portrait photo is stored landscape). A file with
     transparency is appended to ``transparent``."""
@@ -298,8 +298,7 @@ def _read_image(f: Path, first: np.ndarray | None, transparent: list[str] | None
             im.load()
             if im.getexif().get(0x0112, 1) != 1:  # EXIF Orientation
                 im = ImageOps.exif_transpose(im)
-            if transparent is not None and (im.mode in ("RGBA", "LA", "PA", "La", "RGBa")
-                                            or "transparency" in im.info):
+            if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
                 alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else im.convert("RGBA").getchannel("A")
                 if alpha.getextrema()[0] < 255:  # an opaque RGBA file (screenshots, plots) loses nothing
                     transparent.append(str(f))

@@ -98,8 +98,8 @@ def _likeness(out: np.ndarray, given: np.ndarray, chunk: int = 4096) -> float:
     output of such an input counts as 0: nothing of the image is left)."""
     total, count = 0.0, 0
     for i in range(0, len(out), chunk):
-        a = out[i:i + chunk].reshape(len(out[i:i + chunk]), -1).astype(np.float32)
-        b = given[i:i + chunk].reshape(len(a), -1).astype(np.float32)
+        a, b = (v[i:i + chunk].astype(np.float32) for v in (out, given))
+        a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
         a -= a.mean(1, keepdims=True)
         b -= b.mean(1, keepdims=True)
         den = np.sqrt((a * a).sum(1) * (b * b).sum(1))

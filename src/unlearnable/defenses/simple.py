@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from kornia.color import rgb_to_grayscale
 
-from ..params import check
+from ..params import check, check_choice
 from .base import Purifier
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class BitDepthReduction(Purifier):
 
     def validate(self) -> None:
         check(1 <= self.bits <= 7, f"bits must lie in 1..7, got {self.bits}")
-        check(self.mode in ("floor", "round"), f"mode must be 'floor' or 'round', got {self.mode!r}")
+        check_choice("mode", self.mode, ("floor", "round"))
 
     def table(self) -> np.ndarray:
         """What each of the 256 levels becomes."""

@@ -8,6 +8,7 @@ pixels. Create one with :func:`create_model`.
 """
 from __future__ import annotations
 
+from ..params import height_width
 from ..registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -44,7 +45,7 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 10, image_s
 
     factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
-    h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    h, w = height_width(image_size)
     if w != h and "image_width" in params:
         kwargs["image_width"] = w
     if num_classes < 1 or in_channels < 1:

@@ -151,7 +151,8 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
     assert protected.provenance["budget"] == {"norm": "linf", "eps": 0.3}
 
 
-@pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40)])
+@pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40),
+                                                  ("unet-official", 3, 32), ("unet-official", 1, 28)])
 def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, size):
     """``protect`` folds the batch norms, changes the memory layout and (one output channel) computes the output
     convolution as a depthwise convolution and a channel sum: the perturbation must not change."""
@@ -223,6 +224,25 @@ def test_generator_sized_to_data(channels, size, asked, arch, tmp_path):
         d = g.eval()(x)
     assert d.shape == x.shape and d.abs().max() <= 8 / 255 + 1e-6
     assert save_generator(g, tmp_path / "g.safetensors").is_file()
+
+
+def test_official_unet_is_the_official_network(tmp_path):
+    """``unet-official`` is kingfengji/DeepConfuse's CIFAR/models/unet.py: 7,788,681 weights (counted on the
+    official class), double convs at 64-512 channels, bilinear up-sampling; it saves, reloads and protects."""
+    g = build_generator("unet-official", 3, 32, eps=8 / 255)
+    assert sum(p.numel() for p in g.parameters()) == 7_788_681
+    assert [m.out_channels for m in g.modules() if isinstance(m, torch.nn.Conv2d)] == \
+        [64, 64, 128, 128, 256, 256, 512, 512, 256, 256, 128, 128, 64, 64, 3]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        g.train()(torch.rand(8, 3, 32, 32))
+    path = save_generator(g.eval(), tmp_path / "g.safetensors")
+    again = load_generator(path)
+    assert type(again) is type(g) and again.config == g.config
+    x = (torch.rand(4, 3, 32, 32) * 255).to(torch.uint8).numpy()
+    out = protect(again, x)
+    assert np.abs(out.astype(int) - x).max() <= 8
+    np.testing.assert_array_equal(out, protect(g, x))
 
 
 def test_generator_keeps_height_and_width(tmp_path, caplog):

@@ -145,6 +145,12 @@ def test_python_values_are_type_checked_and_numpy_scalars_converted():
         TrainConfig(seed=2**32)
     with pytest.raises(UnlearnableError, match="seed must lie in"):
         create_attack("random-noise", seed=2**64)
+    from unlearnable.detect import check_options
+
+    for method in ("contrast", "simple"):  # the detectors' options are function keywords, not dataclass fields
+        for seed in ("-1", "4294967296"):
+            with pytest.raises(UnlearnableError, match="seed must lie in"):
+                check_options(method, {"seed": seed})
     with pytest.raises(UnlearnableError, match="unknown device 'tpu'"):
         create_defense("jpeg", device="tpu")
 

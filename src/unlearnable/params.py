@@ -123,7 +123,15 @@ def typed_kwargs(fn: Any, kind: str, options: dict[str, Any], passed: tuple[str,
     if unknown:
         known = ", ".join(n for n in params if n not in passed)
         raise UnlearnableError(f"{kind} has no parameter {', '.join(unknown)}; known: {known}")
-    return {k: v if k in passed else _coerce(k, v, hints[k]) for k, v in options.items()}
+    typed = {k: v if k in passed else _coerce(k, v, hints[k]) for k, v in options.items()}
+    if isinstance(typed.get("seed"), int):
+        _check_seed(typed["seed"])
+    return typed
+
+
+def _check_seed(value: int) -> None:
+    """numpy's legacy seeding, which training uses, takes 32 bits (and numpy's Generator no negative seed)."""
+    check(0 <= value < 2**32, f"seed must lie in 0..{2**32 - 1}, got {value}")
 
 
 def apply_preset(method: Any) -> None:
@@ -184,8 +192,8 @@ def check_types(obj: Any) -> None:
                   f"{f.name} must be {_kind_names(kinds)}, got {value!r}")
         if isinstance(value, float):  # inf passed every range check and then diverged a fit into an all-black set
             check(math.isfinite(value), f"{f.name} must be a finite number, got {value}")
-        if f.name == "seed" and isinstance(value, int):  # numpy's legacy seeding, which training uses, takes 32 bits
-            check(0 <= value < 2**32, f"seed must lie in 0..{2**32 - 1}, got {value}")
+        if f.name == "seed" and isinstance(value, int):
+            _check_seed(value)
         setattr(obj, f.name, value)
 
 

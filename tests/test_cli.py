@@ -328,6 +328,15 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     # an existing report is refused before any work, unless --overwrite
     assert "exists" in one_line_error(run("detect", "--data", str(poisoned), "--method", "simple",
                                           "--scores", str(csv_path)))
+    # a purify step that fails loses nothing of the detection: its report is printed and its CSV written first
+    failed = run("detect", "--data", str(poisoned), "--method", "simple", "--purify", "vae", "--purify-set",
+                 "lr=1e6", "--purify-set", "epochs=1", "--out", str(tmp_path / "never"), "--scores",
+                 str(tmp_path / "kept.csv"))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith("error: VAE: the loss is no longer finite")
+    assert "vae: preset fast, its CPU budget (--purify-set preset=none" in failed.stderr  # detect's flag, not --set
+    assert f"simple: flagged {res['flagged']} of {len(before)}" in failed.stdout and "f1: " in failed.stdout
+    assert (tmp_path / "kept.csv").read_text() == csv_path.read_text() and not (tmp_path / "never").exists()
     # --drop: the same flags, the set saved without them; what the detector missed stays known, renumbered
     res = json.loads(run("detect", "--data", str(poisoned), "--method", "simple", "--drop",
                          "--out", str(tmp_path / "kept"), "--json", check_rc=0).stdout)

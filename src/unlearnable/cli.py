@@ -51,8 +51,9 @@ PRESET_HELP = ("preset=none: the method's defaults, the paper's settings except 
 PURIFY_PRESET_HELP = "preset=none: the defense's defaults (its paper's and official code's settings)"
 
 
-def _cpu_preset(options: dict, cls: type, name: str) -> None:
-    """On a CPU a method with a ``fast`` preset runs it unless ``--set preset=...`` names one (:data:`PRESET_HELP`):
+def _cpu_preset(options: dict, cls: type, name: str, flag: str = "--set") -> None:
+    """On a CPU a method with a ``fast`` preset runs it unless ``--set preset=...`` names one (:data:`PRESET_HELP`;
+    ``flag`` is the option that sets the method's options, ``--purify-set`` in ``detect``):
     defaults that finish on a laptop. At their papers' settings DeepConfuse (500 trials of ~150-230 s
     here for the official code, issue 4) and the D-VAE (2 x 60 epochs at full width) would run for about a day and
     many hours on two cores; each preset is documented with its method."""
@@ -62,8 +63,8 @@ def _cpu_preset(options: dict, cls: type, name: str) -> None:
 
     if resolve_device(str(options.get("device", "auto"))).type == "cpu":
         options["preset"] = "fast"
-        other = ("--set preset=none: its defaults, with the small cnn surrogate; preset=paper: the paper's settings"
-                 if "paper" in cls.presets else "--set preset=none: the paper's settings")
+        other = (f"{flag} preset=none: its defaults, with the small cnn surrogate; preset=paper: the paper's "
+                 "settings" if "paper" in cls.presets else f"{flag} preset=none: the paper's settings")
         _say(f"{name}: preset fast, its CPU budget ({other})")
 
 
@@ -475,7 +476,7 @@ def detect(
         pur_options = parse_sets(purify_set)
         if purify_with == "dvae":
             pur_options.setdefault("preset", "fast")
-        _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with)  # the others, as `purify` does
+        _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with, "--purify-set")  # as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite, data, reference)
     from .data.store import json_text
@@ -507,20 +508,7 @@ def detect(
     result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
     changed = train.provenance.get("changed")
     summary = {"set": verdict, **result.summary(changed)}
-    if defense is not None:
-        from .data import save_set
-        from .detect import purify_flagged
-
-        _resumable(defense, _state_next_to(out))
-        save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
-        defense.clear_state()
-        summary["purified"] = str(out)
-    if drop:
-        from .data import save_set
-        from .detect import drop_flagged
-
-        save_set(drop_flagged(train, result), out, overwrite=overwrite)
-        summary["dropped"] = str(out)
+    # The detection's own outputs first: a purify or drop step that fails or is stopped then loses none of them.
     if scores is not None:
         from .report import detection_csv
 
@@ -529,11 +517,35 @@ def detect(
         from .report import score_histogram
 
         summary["plot"] = str(score_histogram(result, plot, changed))
+    if not json_:
+        _print_detection(summary, verdict, data, method, result)
+    if defense is not None:
+        from .data import save_set
+        from .detect import purify_flagged
+
+        _resumable(defense, _state_next_to(out))
+        save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
+        defense.clear_state()
+        summary["purified"] = str(out)
+        if not json_:
+            typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
+    if drop:
+        from .data import save_set
+        from .detect import drop_flagged
+
+        save_set(drop_flagged(train, result), out, overwrite=overwrite)
+        summary["dropped"] = str(out)
+        if not json_:
+            typer.echo(f"dropped the {summary['flagged']} flagged samples: saved the other "
+                       f"{summary['samples'] - summary['flagged']} to {out}")
     if state is not None:  # everything is written: the detector's D-VAE is no longer needed
         Path(state).unlink(missing_ok=True)
     if json_:
         typer.echo(json_text(summary))
-        return
+
+
+def _print_detection(summary: dict, verdict: dict | None, data: str, method: str, result) -> None:
+    """``detect``'s report: the set check, the flags, the metrics (with a manifest) and the files written."""
     if verdict is None:
         typer.echo(f"set: not checked ({data} has no test split of its own to compare with)")
     else:
@@ -543,7 +555,7 @@ def detect(
             answer = "no sign of poisoning, but a set this small hides gaps under the threshold"
         else:
             answer = "no sign of poisoning"
-        typer.echo(f"set: a linear model fitted on {len(train) - verdict['heldout']} of its images scores "
+        typer.echo(f"set: a linear model fitted on {summary['samples'] - verdict['heldout']} of its images scores "
                    f"{verdict['heldout_acc']:.1%} on the other {verdict['heldout']} and {verdict['test_acc']:.1%} on "
                    f"the clean test split (gap {100 * verdict['gap']:.1f} points, threshold "
                    f"{100 * verdict['threshold']:.1f}): {answer}")
@@ -561,11 +573,6 @@ def detect(
                f"{summary['threshold']:.4g}){caveat}")
     for k, v in summary.get("metrics", {}).items():
         typer.echo(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {'n/a (0 / 0)' if v is None else v}")
-    if "purified" in summary:
-        typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
-    if "dropped" in summary:
-        typer.echo(f"dropped the {summary['flagged']} flagged samples: saved the other "
-                   f"{summary['samples'] - summary['flagged']} to {out}")
     for key in ("scores", "plot"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")

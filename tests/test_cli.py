@@ -539,6 +539,18 @@ def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monk
     exported = sorted(p.relative_to(tmp_path / "png") for p in (tmp_path / "png").rglob("*.png"))
     assert sorted(str(p.relative_to(p.parts[0])) for p in exported) == written  # every file under its own name
     assert [p.parts[0] for p in exported].count("test") == 2
+    # an npz likewise: every row (its seeded test split's too), named by its row number, not by its place in a split
+    x, y = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), np.arange(20) % 2
+    np.savez(tmp_path / "rows.npz", x=x, y=y, classes=np.array(["coats", "shoes"]))
+    run("protect", "-g", str(tmp_path / "g.safetensors"), "--data", f"npz:{tmp_path / 'rows.npz'}", "--png",
+        "--out", str(tmp_path / "rows"), check_rc=0)
+    assert len(list((tmp_path / "rows").rglob("*.png"))) == 20
+    for i in range(20):
+        row = np.asarray(Image.open(tmp_path / "rows" / "train" / ("coats", "shoes")[y[i]] / f"{i:06d}.png"), np.int16)
+        assert np.abs(row - x[i]).max() <= 16, i  # another row differs by ~100 levels
+    err = run("protect", "-g", str(tmp_path / "g.safetensors"), "--data", f"npz:{tmp_path / 'rows.npz'}",
+              "--out", str(tmp_path / "rowset"), check_rc=0).stderr
+    assert "protected 16 images" in err and "the 4 images of its test split are not in a saved set" in err, err
     for p in g.parameters():  # a generator whose output is zero: every image comes out as it went in
         p.data.zero_()
     save_generator(g, tmp_path / "zero.safetensors")

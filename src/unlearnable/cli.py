@@ -358,14 +358,16 @@ def protect(
     out: Path = typer.Option(..., "--out", "-o", help="directory for the protected set"),
     batch_size: int = typer.Option(256, min=1, help="images per forward pass"),
     png: bool = typer.Option(False, help="write an ImageFolder tree of PNGs instead of a saved set; for "
-                             "folder:PATH every image of the folder, under its own file name"),
+                             "folder:PATH every image of the folder, under its own file name (npz:PATH: every "
+                             "row, named by its row number)"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
     """Protect new images with a trained DeepConfuse generator: one forward pass, no retraining.
 
-    A saved set holds the training split (a folder without train/ and test/ keeps its seeded 20% test split out);
-    --png protects every image of a folder and mirrors it: OUT/train/<class>/<file>.png (and OUT/test/ when the
-    folder has train/ and test/)."""
+    A saved set holds the training split (a folder without train/ and test/, or an npz without x_test, keeps its
+    seeded 20% test split out); --png protects every image of a folder and mirrors it: OUT/train/<class>/<file>.png
+    (and OUT/test/ when the folder has train/ and test/); of an npz every row, as OUT/train/<class>/<row>.png (and
+    OUT/test/ for x_test)."""
     _check_out(out, overwrite, data, str(generator))
     from .attacks.base import require_unperturbed
     from .attacks.deepconfuse import load_generator, protect_set
@@ -376,9 +378,9 @@ def protect(
     gen = load_generator(_generator_file(generator), resolve_device())
     train, test = load(data)
     require_unperturbed(train, data)  # a perturbation on a perturbed set: refused before any work
-    folder = data.startswith("folder:")  # a saved set made from a folder is protected as the set it is
-    carved = folder and test.provenance.get("carved")  # one tree split 80/20 on loading
-    if png and folder:
+    own = data.startswith(("folder:", "npz:"))  # a saved set made from one is protected as the set it is
+    carved = own and test.provenance.get("carved")  # one tree or array split 80/20 on loading
+    if png and own:
         parts = {"train": unsplit(train, test)} if carved else {"train": train, "test": test}
     else:
         parts = {"train": train}

@@ -219,7 +219,8 @@ def split_train_test(x: np.ndarray, y: np.ndarray, classes: list[str],
 
 
 def unsplit(train: ImageSet, test: ImageSet) -> ImageSet:
-    """The inverse of :func:`split_train_test` for a folder: both splits as one set again, in file-name order."""
+    """The inverse of :func:`split_train_test` for a folder or an npz: both splits as one set again, in file-name
+    (npz: row) order."""
     names = [*train.provenance["file_names"], *test.provenance["file_names"]]
     order = np.argsort(names, kind="stable")
     return train.replace(x=np.concatenate([train.x, test.x])[order], y=np.concatenate([train.y, test.y])[order],
@@ -437,8 +438,19 @@ def npz(path: str) -> tuple[ImageSet, ImageSet]:
                 raise UnlearnableError(f"{p}: x images are {shape_text(x)} but x_test images are {shape_text(xte)}")
             if len(yte) and yte.max() >= len(classes):
                 raise UnlearnableError(f"{p}: y_test has label {yte.max()}, beyond the {len(classes)} classes")
-            return ImageSet(x, y, classes, split="train"), ImageSet(xte, yte, classes, split="test")
-    return split_train_test(x, y, classes)
+            parts = ImageSet(x, y, classes, split="train"), ImageSet(xte, yte, classes, split="test")
+            for part in parts:
+                part.provenance["file_names"] = row_names(len(part))
+            return parts
+    return split_train_test(x, y, classes, row_names(len(x)))
+
+
+def row_names(n: int) -> list[str]:
+    """An npz's samples named by their row (``000042``, as wide as the largest), so that an export or ``protect
+    --png`` writes row 42 as ``<class>/000042.png`` whatever split it fell in, and :func:`unsplit` restores the
+    rows' order."""
+    width = max(6, len(str(n - 1)))
+    return [f"{i:0{width}d}" for i in range(n)]
 
 
 def _class_names(names: np.ndarray, path: Path) -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from pathlib import Path
 
@@ -420,6 +421,14 @@ def test_tiny_images_get_an_ssim_and_write_errors_name_the_users_path(tmp_path, 
     with pytest.raises(FileNotFoundError) as e:
         write_atomic(tmp_path / "g.png", fail)
     assert e.value.filename == str(tmp_path / "g.png")  # not the hidden temporary name
+
+    def short(tmp):  # what numpy's tofile (np.save) raises on a full disk: no errno, numpy's own words
+        raise OSError("1843200 requested and 1048448 written")
+
+    with pytest.raises(OSError) as e:
+        write_atomic(tmp_path / "x.npy", short)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "x.npy")
+    assert e.value.strerror.startswith("No space left on device")
 
 
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):

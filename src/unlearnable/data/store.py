@@ -7,6 +7,7 @@ Saving writes to a temporary directory and renames it into place, so an interrup
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -199,10 +200,13 @@ def _alive(pid: int) -> bool:
 @contextlib.contextmanager
 def _named_as(tmp: Path, target: Path) -> Iterator[None]:
     """An OSError about the temporary ``tmp`` (or a file in it) names ``target`` instead, so that a user reads
-    "No such file or directory: /proc/g.png", not the hidden temporary name nobody asked for."""
+    "No such file or directory: /proc/g.png", not the hidden temporary name nobody asked for; numpy's short write
+    on a full disk ("1843200 requested and 1048448 written", no errno) says the disk is full."""
     try:
         yield
     except OSError as e:
+        if e.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(e)):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({e})", str(target)) from None
         if e.filename is not None:
             name = Path(str(e.filename))
             if name == tmp or tmp in name.parents:

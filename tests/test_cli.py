@@ -572,7 +572,7 @@ def test_dvae_check_warns_when_its_p_hat_is_no_perturbation(tmp_path, monkeypatc
     from unlearnable.defenses import dvae
 
     run("poison", "--attack", "random-noise", "--subset", "100", "--out", str(tmp_path / "p"), check_rc=0)
-    for rms, warned in ((1.1, True), (0.05, False)):
+    for rms, warned in ((1.1, True), (0.05, False), (0.4, True), (0.09, False)):  # the set's budget: 8/255
         monkeypatch.setattr(dvae, "dvae_check", lambda *a, rms=rms, **k: {"test_acc": 0.5, "p_rms": rms})
         p = run("dvae-check", "--data", str(tmp_path / "p"), check_rc=0)
         assert ("the D-VAE fit degenerated" in p.stderr) == warned, p.stderr

@@ -315,6 +315,8 @@ def test_detect_purifies_only_the_flagged_samples(tmp_path):
     changed = np.flatnonzero((after.x != before.x).reshape(len(after.x), -1).any(1))
     flagged = after.provenance["purified_by"]["flagged"]
     assert len(flagged) == res["flagged"] and after.provenance["purified_by"]["only_flagged_by"] == "simple"
+    assert f"; only the {len(flagged)} samples flagged by simple" in run("info", str(tmp_path / "pur"),
+                                                                          check_rc=0).stdout
     assert len(changed) > 0.8 * len(flagged) and set(changed) <= set(flagged)  # flagged samples only
     assert np.array_equal(after.y, before.y)
     # the CSV says which samples were flagged (the same ones purified) and which the attack changed

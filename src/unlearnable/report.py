@@ -51,7 +51,9 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
         lines.append(f"changed:    {len(p.get('changed', []))} samples; crafting {p.get('crafting_seconds')} s"
                      + (f" ({before} s of it before an interruption)" if before else ""))
     for q in [*p.get("purified_before", []), *([p["purified_by"]] if "purified_by" in p else [])]:
-        lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()))
+        only = (f"; only the {len(q.get('flagged', []))} samples flagged by {q['only_flagged_by']}"
+                if "only_flagged_by" in q else "")
+        lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()) + only)
     if "dropped" in p:
         d = p["dropped"]
         lines.append(f"dropped:    {d.get('count')} of {d.get('of')} samples flagged by {d.get('by')}")

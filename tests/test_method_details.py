@@ -1,5 +1,7 @@
 """Cheap checks of method details that the effect tests' accuracy margins cannot see: each one failed under the
-deliberate bug its docstring names (a mutation check of the suite, 2026-12-06, found no test that did)."""
+deliberate bug its docstring names (two mutation checks of the suite, 2026-12-06, found no test that did: the
+attacks and simple defenses in session 51; the saved-set format, reports, options, bdr, detection and D-VAE
+details in session 52)."""
 from __future__ import annotations
 
 import copy
@@ -366,3 +368,168 @@ def test_dvae_stage_two_fits_stage_one_output_under_its_own_limit(monkeypatch):
     np.testing.assert_array_equal(x_stage1, data.x)
     np.testing.assert_array_equal(x_stage2, dvae._stage1(data.x, data.y)[0])  # stage 1's x - p_hat
     assert not np.array_equal(x_stage2, data.x)
+
+
+# ---------------------------------------------------------------------------- the saved-set format, reports, options
+# A second mutation check (2026-12-06, session 52: the store, reports, options, bdr, detection and D-VAE details)
+# found these bugs passing every test.
+def test_manifest_records_the_relabelled_samples(tmp_path):
+    """label_changed listed every sample whose label did NOT change (``==`` for ``!=``)."""
+    from unlearnable.data import save_set
+    from unlearnable.data.store import read_manifest
+
+    clean = synthetic(4, side=4)
+    flipped = clean.replace(y=np.array([0, 0, 2, 3]))  # sample 1 relabelled
+    save_set(flipped, tmp_path / "s", clean=clean)
+    assert read_manifest(tmp_path / "s")["label_changed"] == [1]
+
+
+def test_out_checks_refuse_a_file_and_take_any_case_of_the_suffix(tmp_path):
+    """An existing FILE given as --out was replaced without --overwrite; --grid G.PNG was refused as no .png name."""
+    from unlearnable.data.store import check_out_dir, check_out_file
+    from unlearnable.errors import UnlearnableError
+
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(UnlearnableError, match="exists"):
+        check_out_dir(tmp_path / "afile", False)
+    assert check_out_file(tmp_path / "g.PNG", False, ".png") == tmp_path / "g.PNG"
+
+
+def test_a_manifest_index_one_past_the_end_is_damage(tmp_path):
+    """``changed: [N]`` in an N-sample set passed the check (``<=`` for ``<``) and failed later with a traceback."""
+    import json
+
+    from unlearnable.data import save_set
+    from unlearnable.data.store import read_manifest
+    from unlearnable.errors import UnlearnableError
+
+    save_set(synthetic(4, side=4), tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["changed"] = [4]
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnlearnableError, match="beyond"):
+        read_manifest(tmp_path / "s")
+
+
+def test_l0_counts_pixel_positions_not_channels():
+    """On colour images L0 counted each channel (3x the changed pixels), and an L0 budget check refused sets."""
+    from unlearnable.data.store import perturbation_norms
+
+    clean = np.zeros((1, 3, 2, 2), np.uint8)
+    x = clean.copy()
+    x[0, :, 0, 0] = 5
+    assert perturbation_norms(x, clean)["l0"].tolist() == [1.0]
+
+
+def test_class_folders_differ_where_case_does_not_count():
+    """'cat' then 'Cat' got folders cat and Cat: one folder on macOS and Windows, two classes mixed in an export."""
+    from unlearnable.data.store import class_folders
+
+    assert len({f.lower() for f in class_folders(["cat", "Cat"])}) == 2
+
+
+def test_psnr_in_decibels():
+    """``255 / mse`` for ``255 ** 2 / mse``: every PSNR that ``info`` printed ~24 dB off."""
+    from unlearnable.report import psnr
+
+    a = np.ones((1, 1, 2, 2), np.uint8)
+    assert psnr(a, np.zeros_like(a))[0] == pytest.approx(20 * np.log10(255))  # 48.13 dB
+
+
+def test_a_purified_sets_grid_scales_its_difference_to_the_change_not_the_attacks_budget(tmp_path, monkeypatch):
+    """The difference row of a purified set was scaled to the attack's +-8 levels, saturating a change of 40."""
+    from unlearnable import report
+
+    rows = {}
+    monkeypatch.setattr(report, "image_grid", lambda r, png, **k: rows.update(titles=[t for t, _ in r]))
+    clean = synthetic(C, side=4, value=100)
+    purified = clean.replace(x=clean.x + 40)
+    purified.provenance.update(budget={"norm": "linf", "eps": 8 / 255}, purified_by={"method": "jpeg"})
+    report.set_grid(purified, clean, np.ones(C, bool), tmp_path / "g.png")
+    assert "+-40 levels" in rows["titles"][2]
+
+
+def test_set_keys_take_hyphens_as_the_cli_spells_options():
+    """``--set kld-1=2`` was 'no parameter kld-1' once the hyphen was no longer read as an underscore."""
+    from unlearnable.params import parse_sets
+
+    assert parse_sets(["kld-1=2"]) == {"kld_1": "2"}
+
+
+def test_bdr_round_rounds_and_refuses_zero_bits():
+    """mode=round truncating gave the same four levels (the old test's only check); bits=0 turned images black."""
+    from unlearnable.defenses import create_defense
+    from unlearnable.errors import UnlearnableError
+
+    table = create_defense("bdr", bits=2, mode="round").table()
+    assert table[[42, 43, 127, 128, 212, 213]].tolist() == [0, 85, 85, 170, 170, 255]
+    with pytest.raises(UnlearnableError, match="bits"):
+        create_defense("bdr", bits=0)
+
+
+def test_a_fixed_transform_may_flatten_dark_images():
+    """The collapsed-fit check was applied to fixed transforms: bdr of a set darker than 64 levels raised 'lower its
+    learning rate'."""
+    from unlearnable.defenses import create_defense
+
+    dark = synthetic(4, side=8)
+    dark = dark.replace(x=dark.x % 60)
+    assert (create_defense("bdr").transform(dark).x == 0).all()
+
+
+def test_detection_leaves_out_auc_on_a_fully_poisoned_set_and_flags_strictly_above_the_threshold():
+    """A fully poisoned set (the attacks' default) got AUC NaN with scikit-learn's warning; ``>=`` flagged the
+    samples that sit on the threshold."""
+    from unlearnable.detect import detection_metrics, flag
+
+    assert "auc" not in detection_metrics([0, 1], [0, 1, 2, 3], 4, scores=np.arange(4.0))
+    assert flag(np.array([0.0, 1.0, 1.0]), threshold=1.0).flagged.tolist() == []
+
+
+def test_dvae_detect_takes_its_score_option():
+    """check_options read ``score`` without removing it, so ``--set score=p_norm`` was 'no parameter score'."""
+    from unlearnable.detect import check_options
+
+    check_options("dvae", {"score": "p_norm"})
+
+
+def test_dvae_subtracts_its_perturbation_in_both_stages(monkeypatch):
+    """``x + p_hat`` for ``x - p_hat`` in stage 1 or stage 2 passed every test."""
+    from unlearnable.defenses.dvae import DVAE
+
+    def constant(self, net, x, y, gen, decode="xp"):
+        return (x if "x" in decode else None), (torch.full_like(x, 0.1) if "p" in decode else None)
+
+    data = synthetic(64, side=8)
+    dvae = DVAE(width=2, epochs=1, batch_size=32, skip="i3", seed=0).fit(data)
+    monkeypatch.setattr(DVAE, "_infer", constant)
+    x1 = np.rint(np.clip(data.x / 255 - 0.1, 0, 1) * 255)  # 25.5 levels darker (the sign flipped: lighter)
+    stage1 = dvae._stage1(data.x, data.y)[0]
+    assert np.abs(stage1 - x1).max() <= 1  # float32 rounding against float64's
+    x2 = np.rint(np.clip(stage1 / 255 - 0.1, 0, 1) * 255)
+    assert np.abs(dvae.purify(data.x.copy(), data.y) - x2).max() <= 1  # a copy: not the fit's cached stage 1
+
+
+def test_dvae_loss_adds_p_hat_to_the_reconstruction_and_its_penalty_after_epoch_ten_of_sixty(monkeypatch):
+    """``x_hat - p`` for ``x_hat + p`` in the loss, or the p_hat penalty one epoch early, passed every test; so did
+    swapped KL weights."""
+    from unlearnable.defenses.dvae import DVAE, official_kld_weight
+
+    x = torch.full((2, 1, 4, 4), 0.7)
+    outputs = (torch.full_like(x, 0.5), torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2), torch.full_like(x, 0.2))
+    monkeypatch.setattr(DVAE, "_forward", lambda self, net, x, y: outputs)
+    dvae = DVAE(epochs=60)
+    base = 0.2 ** 2 + 0.0 + 0.01 * 1.0  # mse(x_hat, x) + mse(clamp(x_hat + p), x) + weight * max(KLD = 0, limit)
+    for epoch, penalty in ((10, 0.0), (11, 0.2 ** 2)):
+        loss, _ = dvae._loss(None, x, None, 1.0, 0.01, epoch)
+        assert loss.item() == pytest.approx(base + penalty), epoch
+    assert (official_kld_weight(1.0), official_kld_weight(3.0), official_kld_weight(0.5)) == (0.01, 0.01, 0.5)
+
+
+def test_a_loaded_dvae_runs_on_the_device_asked_for(tmp_path):
+    """The saved device won over ``load(device=...)``."""
+    from unlearnable.defenses.dvae import DVAE
+
+    dvae = DVAE(width=2, epochs=1, batch_size=32, skip="s2", seed=0).fit(synthetic(64, side=8))
+    assert dvae.device == "auto"
+    assert DVAE.load(dvae.save(tmp_path / "d.safetensors"), device="cpu").device == "cpu"

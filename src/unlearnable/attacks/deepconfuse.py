@@ -412,13 +412,15 @@ class DeepConfuse(Attack):
     - ``augment``: the ``fast`` preset's surrogate steps (pseudo and real) see the package's augmentation
       (horizontal flips, except on digits; random crops above 28 px), as our victims do, and every figure of the
       preset was measured so; the official ``train.py`` uses none, nor does the default (until 2026-12-06 the
-      default augmented too).
+      default augmented too). The preset without it left five victims at 22.1% against 30.2% with it, at seed 0
+      only (BENCHMARKS.md, DeepConfuse session 52): inside the generator seeds' spread until more seeds are run.
     - generators: ``unet``, the default for 32x32 images, is lighter than the official CIFAR U-Net (one conv a level
       at 32-64-128-256 channels, stride-2 convs down, transposed convs up: 1.2M weights against 7.8M and ~1/3.6 of
       its FLOPs, so a CPU budget buys 3.6x the steps); ``generator="unet-official"`` is the official one
-      (:class:`OfficialUNet`; its effect is not measured here yet: it needs a GPU's budget); ``ae`` (28x28) is not the official MNIST layout (measured alike, module
-      docstring); ``deep`` (larger images) is not the official ImageNet generator (four stride-2 4x4 convs at
-      16-128 channels, transposed convs back, tanh without a batch norm; eps 0.1, Adam 1e-3 with amsgrad, batch 32).
+      (:class:`OfficialUNet`; its effect is not measured here yet: it needs a GPU's budget); ``ae`` (28x28) is
+      not the official MNIST layout (measured alike, module docstring); ``deep`` (larger images) is not the
+      official ImageNet generator (four stride-2 4x4 convs at 16-128 channels, transposed convs back, tanh without
+      a batch norm; eps 0.1, Adam 1e-3 with amsgrad, batch 32).
     - the CIFAR surrogate: the official one is VGG-11 whose features pass through a 1x1 conv to 2 channels before
       the 10-way linear layer (``CIFAR/models/vgg.py``); ours stays ``lenet`` unless ``surrogate`` says otherwise.
     - trial scoring: the official code trains the surrogate's architecture from scratch (plain SGD at ``lr``, 1

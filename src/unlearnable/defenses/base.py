@@ -71,8 +71,8 @@ class Purifier(Resumable):
             # warning, not an error: the test suite's contract checks fit for a handful of steps on purpose
             log.warning("%s gave images nearly unrelated to its input (mean correlation %.2f; a working fit scores "
                         "~0.9 on Fashion-MNIST): its fit has most likely learned too little and the set is destroyed "
-                        "rather than purified; give it more epochs (its option epochs=N: a small set makes few steps an "
-                        "epoch) and train a victim on the result before trusting it", self.name, r)
+                        "rather than purified; give it more epochs (its option epochs=N: a small set makes few steps "
+                        "an epoch) and train a victim on the result before trusting it", self.name, r)
         provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
                                                          "seconds": round(time.perf_counter() - t0, 2)}}
         if "purified_by" in data.provenance:  # purified again: the earlier purifiers stay on record, oldest first

@@ -131,7 +131,11 @@ class PerturbationGenerator(nn.Module):
         self.config = dict(in_channels=in_channels, eps=eps, arch=arch, width=width, depth=depth, skips=skips,
                            image_size=image_size, num_classes=num_classes, targeted=targeted)
         self.eps, self.depth, self.skips = eps, depth, skips
-        widths = [width * 2 ** i for i in range(depth + 1)]
+        self._build(in_channels, [width * 2 ** i for i in range(depth + 1)])
+
+    def _build(self, in_channels: int, widths: list[int]) -> None:
+        """``stem``, ``down``, ``up`` and ``head`` (each block a conv, a batch norm and an activation)."""
+        depth, skips = self.depth, self.skips
         self.stem = _block(in_channels, widths[0])
         self.down = nn.ModuleList(_block(widths[i], widths[i + 1], stride=2) for i in range(depth))
         self.up = nn.ModuleList(_up(widths[i + 1] * (2 if skips and i + 1 < depth else 1), widths[i])
@@ -180,15 +184,8 @@ class OfficialUNet(PerturbationGenerator):
     are padded and cropped back as in :class:`PerturbationGenerator`.
     """
 
-    def __init__(self, in_channels: int = 3, eps: float = 0.032, arch: str = "unet-official", width: int = 64,
-                 depth: int = 3, skips: bool = True, image_size: int | list[int] = 32, num_classes: int = 10,
-                 targeted: bool = False) -> None:
-        nn.Module.__init__(self)
-        check(arch == "unet-official" and skips, f"OfficialUNet builds arch 'unet-official' with skips, got {arch!r}")
-        self.config = dict(in_channels=in_channels, eps=eps, arch=arch, width=width, depth=depth, skips=skips,
-                           image_size=image_size, num_classes=num_classes, targeted=targeted)
-        self.eps, self.depth, self.skips = eps, depth, skips
-        widths = [width * 2 ** i for i in range(depth + 1)]
+    def _build(self, in_channels: int, widths: list[int]) -> None:
+        depth = self.depth
         self.stem = _double_conv(in_channels, widths[0])
         self.down = nn.ModuleList(_double_conv(widths[i], widths[i + 1]) for i in range(depth))
         self.up = nn.ModuleList(_double_conv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth)))
@@ -212,14 +209,17 @@ def build_generator(arch: str, in_channels: int, image_size: int | tuple[int, in
     96 x 28 ones); ``unet-official`` (:class:`OfficialUNet`) only when asked for."""
     check_choice("generator", arch, GENERATORS)
     h, w = height_width(image_size)
-    if arch == "unet-official":
-        return OfficialUNet(in_channels, eps, image_size=[h, w], **extra)
     if arch == "auto":
         arch = "ae" if max(h, w) <= 28 else "unet" if max(h, w) <= 32 else "deep"
     shape = {"ae": dict(width=16, depth=2, skips=False),  # 28 -> 14 -> 7 and back (official MNIST AE: 28 -> 2x2)
              "unet": dict(width=32, depth=3, skips=True),  # official CIFAR generator is a U-Net
-             "deep": dict(width=32, depth=4, skips=False)}[arch]
-    return PerturbationGenerator(in_channels, eps, arch, image_size=[h, w], **shape, **extra)
+             "deep": dict(width=32, depth=4, skips=False),
+             "unet-official": dict(width=64, depth=3, skips=True)}[arch]  # CIFAR/models/unet.py
+    return _generator_class(arch)(in_channels, eps, arch, image_size=[h, w], **shape, **extra)
+
+
+def _generator_class(arch: str) -> type[PerturbationGenerator]:
+    return OfficialUNet if arch == "unet-official" else PerturbationGenerator
 
 
 def trained_size(config: dict[str, Any]) -> tuple[int, int]:
@@ -256,7 +256,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Pert
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged header
         raise UnlearnableError(f"{path} is not a DeepConfuse generator file ({e})") from None
     try:  # a config or weights from another version (or edited): other fields, other shapes
-        gen = (OfficialUNet if config.get("arch") == "unet-official" else PerturbationGenerator)(**config)
+        gen = _generator_class(config.get("arch"))(**config)
         reason = _weights_mismatch(gen.state_dict(), state)
         if not reason:
             gen.load_state_dict(state)

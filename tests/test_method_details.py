@@ -1,7 +1,7 @@
 """Cheap checks of method details that the effect tests' accuracy margins cannot see: each one failed under the
 deliberate bug its docstring names (two mutation checks of the suite, 2026-12-06, found no test that did: the
 attacks and simple defenses in session 51; the saved-set format, reports, options, bdr, detection and D-VAE
-details in session 52)."""
+details in session 52; the contrast detector's scoring, which neither reached, in session 53)."""
 from __future__ import annotations
 
 import copy
@@ -318,6 +318,51 @@ def test_f1_is_the_harmonic_mean_not_jaccard():
 
     m = detection_metrics([0, 1], [1, 2], n=4)  # tp 1 (1), fp 1 (0), fn 1 (2)
     assert m["f1"] == pytest.approx(0.5)
+
+
+def test_contrast_verdict_weighs_the_share_by_both_standard_errors_and_a_one_point_margin():
+    """The standard error without the threshold's own (the reference's) term called a share 1.15 points over the
+    expected 1% of 2,000 samples poisoned; a margin or z other than the docstring's moved the line, and ``>=``
+    called a share exactly at it a difference."""
+    from unlearnable.detect import excess_flags
+
+    se = np.sqrt(0.01 * 0.99 * (1 / 2000 + 1 / 1000))  # 0.0039: three of it, 1.16 points, exceed the margin
+    near = excess_flags(43, 2000, 0.01, 1000)  # 2.15% flagged: 1.15 points over
+    assert near["threshold"] == pytest.approx(3 * se) and not near["differs"]
+    assert excess_flags(44, 2000, 0.01, 1000)["differs"]  # 1.2 points over
+    assert excess_flags(2090, 10**5, 0.01, 10**5)["threshold"] == 0.01  # large sets: the margin rules
+    assert excess_flags(2002, 10**5, 0.01, 10**5)["differs"]
+    assert not excess_flags(2000, 10**5, 0.01, 10**5)["differs"]  # exactly one point over: not more than the margin
+
+
+def test_contrast_parts_are_scaled_to_their_own_held_out_median_and_threshold():
+    """Standard units (or the suspect scores' own quantiles) put one part's threshold elsewhere than 1."""
+    from unlearnable.detect import _standardise
+
+    scores, null = _standardise(np.array([50.0, 90.0, 130.0]), np.arange(101.0), false_alarm=0.1)
+    np.testing.assert_allclose(scores, [0, 1, 2])
+    assert np.median(null) == 0 and np.quantile(null, 0.9) == pytest.approx(1)
+    np.testing.assert_allclose(_standardise(np.array([3.0]), np.full(10, 2.0), 0.1)[0], [1.0])  # flat: no scaling
+
+
+def test_contrast_detector_sees_no_poison_in_a_clean_set_with_another_class_mix():
+    """A clean suspect set whose class 0 is ten times as frequent as in the trusted images. Three bugs made that
+    mix a signal: the linear part without its (side, class) cell weights (3.9% flagged, 'differs'), the threshold
+    taken from reference images the classifiers had trained on (27%), and the network's reference side not
+    resampled to the suspect side's class counts (it scored class 0 as suspect: 14% of it over its threshold)."""
+    from unlearnable.detect import contrast_detect
+
+    def classy(counts: list[int], seed: int) -> ImageSet:  # per-class mean images, the same on both sides
+        means = np.random.default_rng(99).uniform(60, 200, (C, 1, 16, 16))
+        y = np.repeat(np.arange(C), counts)
+        x = means[y] + np.random.default_rng(seed).normal(0, 30, (len(y), 1, 16, 16))
+        return ImageSet(np.clip(x, 0, 255).round().astype(np.uint8), y, [str(c) for c in range(C)], source="syn")
+
+    suspect = classy([400] + [40] * (C - 1), seed=1)
+    found = contrast_detect(suspect, classy([60] * C, seed=2))
+    assert len(found.flagged) <= 0.025 * len(suspect) and not found.verdict["differs"], found.verdict
+    net, first = found.parts["network"], suspect.y == 0
+    assert (net[first] > 1).mean() < 0.06 and net[first].mean() - net[~first].mean() < 0.35
 
 
 # ------------------------------------------------------------------------------------------------------- training

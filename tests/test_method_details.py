@@ -9,6 +9,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unlearnable.data import ImageSet
@@ -318,6 +319,70 @@ def test_f1_is_the_harmonic_mean_not_jaccard():
 
     m = detection_metrics([0, 1], [1, 2], n=4)  # tp 1 (1), fp 1 (0), fn 1 (2)
     assert m["f1"] == pytest.approx(0.5)
+
+
+class PixelOracle(nn.Module):
+    """A 'network' whose prediction is an image's first pixel value (mod C): a set's right and wrong answers are
+    chosen by writing that pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot((x[:, 0, 0, 0] * 255).round().long() % C, C).float()
+
+
+def answered(right_wrong: dict[int, tuple[int, int]]) -> ImageSet:
+    """Per class ``k``: ``right`` images the oracle labels k, then ``wrong`` ones it labels k + 1."""
+    y = np.concatenate([np.full(r + w, k) for k, (r, w) in right_wrong.items()])
+    pixel = np.concatenate([np.r_[np.full(r, k), np.full(w, (k + 1) % C)] for k, (r, w) in right_wrong.items()])
+    x = np.zeros((len(y), 1, 4, 4), np.uint8)
+    x[:, 0, 0, 0] = pixel
+    return ImageSet(x, y, [str(c) for c in range(C)], source="synthetic")
+
+
+def test_set_check_compares_class_balanced_accuracies_with_a_pooled_per_class_error(monkeypatch):
+    """Plain accuracies (the held-out part rich in an easy class: 12.5 points of gap from the class mix alone), a
+    class only the test split has (counted against the set), per-class accuracies in the error instead of the
+    pooled ones, or a margin / z other than the docstring's would each move the line."""
+    import unlearnable.detect as detect
+
+    held = answered({0: (30, 0), 1: (5, 5)})  # balanced 0.75, plain 0.875
+    test = answered({0: (5, 5), 1: (10, 0), 2: (0, 10)})  # balanced over classes 0 and 1: 0.75
+    acc_held, acc_test, se = detect._balanced_gap(PixelOracle(), held, test)
+    assert (acc_held, acc_test) == (0.75, 0.75)
+    pooled = np.array([35 / 40, 15 / 20])
+    assert se == pytest.approx(np.sqrt((pooled * (1 - pooled) * np.array([1 / 30 + 1 / 10, 2 / 10])).sum()) / 2)
+
+    monkeypatch.setattr(detect, "_simple_network", lambda *a, **k: PixelOracle())
+    data = answered({0: (1000, 0)})  # its held-out fifth all right: 1.0 against the test split's 0.75
+    result = detect.check_set(data, answered({0: (300, 100)}), seed=0)
+    assert result["gap"] == pytest.approx(0.25) and result["heldout"] == 200 and result["poisoned"]
+    p = 500 / 600  # pooled: 200 + 300 right of 600
+    assert result["threshold"] == pytest.approx(3 * np.sqrt(p * (1 - p) * (1 / 200 + 1 / 400)))
+    near = detect.check_set(answered({0: (5000, 0)}), answered({0: (9850, 150)}))  # 1.5 points, 3 se = 1.15
+    assert near["threshold"] == 0.02 and not near["poisoned"]
+
+
+def test_simple_network_scores_are_minus_the_log_of_each_samples_loss(monkeypatch):
+    """Scores of the loss itself (or of its log, unnegated) put the samples the network fits best last, and
+    the simple network must train without the victims' label smoothing, augmentation or weight decay."""
+    import unlearnable.detect as detect
+    import unlearnable.training as training
+
+    monkeypatch.setattr(detect, "_simple_network", lambda *a, **k: PixelOracle())
+    scores = detect.simple_scores(answered({0: (1, 1)}), device="cpu")
+    e = np.e
+    np.testing.assert_allclose(scores, [-np.log(np.log((e + 9) / e)), -np.log(np.log(e + 9))], rtol=1e-5)
+    monkeypatch.undo()
+
+    seen = {}
+    monkeypatch.setattr(training, "train", lambda data, test, model, cfg, **k: seen.setdefault("cfg", cfg) and
+                        type("R", (), {"model": PixelOracle()})())
+    detect._simple_network(answered({0: (2, 0)}), "linear", 8, 0.2, 128, 0, "cpu", "")
+    cfg = seen["cfg"]
+    assert (cfg.label_smoothing, cfg.augment, cfg.weight_decay, cfg.epochs, cfg.lr) == (0.0, False, 0.0, 8, 0.2)
 
 
 def test_contrast_verdict_weighs_the_share_by_both_standard_errors_and_a_one_point_margin():

@@ -103,11 +103,13 @@ def test_presets_apply_in_python_as_on_the_command_line(kind, name, preset):
     if numbers:  # an explicit value wins over the preset...
         key, value = numbers[0]
         default = getattr(cls(), key)
-        other = 2 * value if 2 * value != default else 3 * value  # in Python a value equal to the default loses
+        other = 2 * value if 2 * value != default else 3 * value
         assert getattr(cls(preset=preset, **{key: other}), key) == other
         assert getattr(create(name, preset=preset, **{key: other}), key) == other
-        # ...and through create_* / --set it wins even when it equals the default
+        # ...even when it equals the class default (in Python it once lost there: DeepConfuse(preset="fast",
+        # augment=False) kept the preset's augment=True)
         assert getattr(create(name, preset=preset, **{key: default}), key) == default
+        assert getattr(cls(preset=preset, **{key: default}), key) == default
 
 
 @pytest.mark.parametrize("name", ["linear", "lenet", "cnn", "convnet"])

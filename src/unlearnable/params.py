@@ -134,17 +134,30 @@ def _check_seed(value: int) -> None:
     check(0 <= value < 2**32, f"seed must lie in 0..{2**32 - 1}, got {value}")
 
 
+class GivenFields:
+    """Mixin of the method dataclasses: an instance knows which fields its constructor call named
+    (``_given``), so that a preset fills the others only: ``DeepConfuse(preset="fast", augment=False)`` kept the
+    preset's ``augment=True`` while a value equal to the class default could not be told from no value."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # the constructor's own arguments come here first
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        self.__dict__["_given"] = frozenset(kwargs) | frozenset(names[:len(args)])
+        return self
+
+
 def apply_preset(method: Any) -> None:
-    """``EM(preset="fast")`` in Python as on the command line: every field the preset sets that still holds its
-    class default takes the preset's value (a value passed explicitly wins, unless it equals the default).
+    """``EM(preset="fast")`` in Python as on the command line: every field the preset sets that the constructor
+    call did not name takes the preset's value (an explicit value wins, also one equal to the class default).
     Called by the method base classes' ``__post_init__`` (:func:`prepare`); :func:`build` merges presets itself."""
     name = getattr(method, "preset", None)
     if name in (None, NO_PRESET):
         return
     cls = type(method)
+    given = method.__dict__.get("_given")
     defaults = {f.name: f.default for f in dataclasses.fields(method) if f.default is not dataclasses.MISSING}
     for key, value in preset_options(cls, name, getattr(cls, "name", "") or cls.__name__).items():
-        if key in defaults and getattr(method, key) == defaults[key]:
+        if key in defaults and (key not in given if given is not None else getattr(method, key) == defaults[key]):
             setattr(method, key, value)
 
 

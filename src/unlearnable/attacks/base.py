@@ -19,7 +19,7 @@ from ..data import ImageSet, require_set, seeded_fraction
 from ..data.imageset import images_differ
 from ..data.store import budget_levels
 from ..errors import UnlearnableError
-from ..params import check, check_choice, prepare
+from ..params import GivenFields, check, check_choice, prepare
 from ..resume import Resumable
 from ..training import keeps_global_rng
 
@@ -42,7 +42,7 @@ def require_unperturbed(data: ImageSet, name: str = "the set") -> None:
 
 
 @dataclass
-class Attack(Resumable):
+class Attack(GivenFields, Resumable):
     """Base of all attacks. Subclasses set ``name``, ``norms`` and implement :meth:`craft`. Long attacks save their
     state to :attr:`checkpoint` when a caller sets it (:class:`~unlearnable.resume.Resumable`)."""
 

@@ -12,14 +12,14 @@ import numpy as np
 
 from ..data import ImageSet, require_set
 from ..errors import UnlearnableError
-from ..params import prepare
+from ..params import GivenFields, prepare
 from ..resume import Resumable
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Purifier(Resumable):
+class Purifier(GivenFields, Resumable):
     """Base of all purification defenses (those that change the training data before a victim trains).
 
     Purifiers that learn for long (D-VAE) save their training state to :attr:`checkpoint` when a caller sets it

@@ -412,8 +412,9 @@ class DeepConfuse(Attack):
     - ``augment``: the ``fast`` preset's surrogate steps (pseudo and real) see the package's augmentation
       (horizontal flips, except on digits; random crops above 28 px), as our victims do, and every figure of the
       preset was measured so; the official ``train.py`` uses none, nor does the default (until 2026-12-06 the
-      default augmented too). The preset without it left five victims at 22.1% against 30.2% with it, at seed 0
-      only (BENCHMARKS.md, DeepConfuse session 52): inside the generator seeds' spread until more seeds are run.
+      default augmented too). The preset without it, five victims at each of generator seeds 0-3: 22.1 / 23.4 /
+      55.3 / 18.7% against 30.2 / 27.7 / 22.6 / 21.7% with it (BENCHMARKS.md, DeepConfuse sessions 52-53): better
+      at three seeds, 33 points worse at the fourth, so the preset keeps it.
     - generators: ``unet``, the default for 32x32 images, is lighter than the official CIFAR U-Net (one conv a level
       at 32-64-128-256 channels, stride-2 convs down, transposed convs up: 1.2M weights against 7.8M and ~1/3.6 of
       its FLOPs, so a CPU budget buys 3.6x the steps); ``generator="unet-official"`` is the official one

@@ -135,9 +135,9 @@ def _check_seed(value: int) -> None:
 
 
 class GivenFields:
-    """Mixin of the method dataclasses: an instance knows which fields its constructor call named
-    (``_given``), so that a preset fills the others only: ``DeepConfuse(preset="fast", augment=False)`` kept the
-    preset's ``augment=True`` while a value equal to the class default could not be told from no value."""
+    """Mixin of the method dataclasses: an instance knows which fields its constructor call named (``_given``),
+    so that a preset fills the others only. Without it a value equal to the class default could not be told from
+    none: ``DeepConfuse(preset="fast", augment=False)`` kept the preset's ``augment=True``."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # the constructor's own arguments come here first
         self = super().__new__(cls)

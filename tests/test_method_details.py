@@ -5,6 +5,7 @@ details in session 52; the contrast detector's scoring, which neither reached, i
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -378,8 +379,12 @@ def test_simple_network_scores_are_minus_the_log_of_each_samples_loss(monkeypatc
     monkeypatch.undo()
 
     seen = {}
-    monkeypatch.setattr(training, "train", lambda data, test, model, cfg, **k: seen.setdefault("cfg", cfg) and
-                        type("R", (), {"model": PixelOracle()})())
+
+    def fake_train(data, test, model, cfg, **kwargs):
+        seen["cfg"] = cfg
+        return SimpleNamespace(model=PixelOracle())
+
+    monkeypatch.setattr(training, "train", fake_train)
     detect._simple_network(answered({0: (2, 0)}), "linear", 8, 0.2, 128, 0, "cpu", "")
     cfg = seen["cfg"]
     assert (cfg.label_smoothing, cfg.augment, cfg.weight_decay, cfg.epochs, cfg.lr) == (0.0, False, 0.0, 8, 0.2)

@@ -154,10 +154,9 @@ def apply_preset(method: Any) -> None:
     if name in (None, NO_PRESET):
         return
     cls = type(method)
-    given = method.__dict__.get("_given")
     defaults = {f.name: f.default for f in dataclasses.fields(method) if f.default is not dataclasses.MISSING}
     for key, value in preset_options(cls, name, getattr(cls, "name", "") or cls.__name__).items():
-        if key in defaults and (key not in given if given is not None else getattr(method, key) == defaults[key]):
+        if key in defaults and key not in method._given:  # every method base is a GivenFields
             setattr(method, key, value)
 
 

@@ -227,7 +227,8 @@ def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):
     (``none``: the paper's settings, which for the D-VAE are 2 x 60 epochs at full width)."""
     out = tmp_path / "rn"
     run("poison", "--attack", "random-noise", "--subset", "300", "--out", str(out), check_rc=0)
-    tiny = ["--set", "device=cpu", "--set", "epochs=1", "--set", "width=4"]  # smaller still than fast's width 16
+    tiny = ["--set", "device=cpu", "--set", "epochs=1", "--set", "width=4",  # smaller still than fast's width 16
+            "--set", "min_steps=0"]  # and 1 step, not the 468 the preset's rule asks of a small set
     p = run("purify", "--defense", "vae", "--data", str(out), "--out", str(tmp_path / "a"), *tiny, check_rc=0)
     assert "vae: preset fast, its CPU budget (--set preset=none: the paper's settings)" in p.stderr, p.stderr
     params = json.loads((tmp_path / "a" / "manifest.json").read_text())["purified_by"]["params"]
@@ -251,7 +252,7 @@ def test_interrupted_dvae_fit_of_detect_and_dvae_check_resumes(command, tmp_path
     out = tmp_path / "p"
     run("poison", "--attack", "random-noise", "--subset", "256", "--set", "mode=class", "--out", str(out),
         check_rc=0)
-    (data, _), opts = load(str(out)), {"width": 4, "epochs": 3, "batch_size": 64}
+    (data, _), opts = load(str(out)), {"width": 4, "epochs": 3, "batch_size": 64, "min_steps": 0}
     as_given = {**{k: str(v) for k, v in opts.items()}, "preset": "fast"}  # --set values, and the commands' preset
     state = Path(_state_in_cache(command, data, as_given))
     assert state != Path(_state_in_cache(command, data, {**as_given, "epochs": "1"}))
@@ -468,14 +469,15 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
 
     monkeypatch.setattr(demo, "load", lambda spec: (small_train.take(300, seed=0), small_test.take(200, seed=0)))
     monkeypatch.setattr(demo, "DEMO_ATTACK", ("random-noise", {"mode": "class"}))
-    monkeypatch.setattr(demo, "DEMO_DEFENSES", (("jpeg", {}), ("dvae", {"preset": "fast", "epochs": 1, "width": 4})))
+    monkeypatch.setattr(demo, "DEMO_DEFENSES", (("jpeg", {}), ("dvae", {"preset": "fast", "epochs": 1, "width": 4,
+                                                                          "min_steps": 0})))
     rows = demo.run_demo(out=tmp_path, eps=0.1, subset=None, cfg=TrainConfig(epochs=1))  # 25.5 levels: 25 moved
     assert [r["training data"] for r in rows] == ["clean", "random-noise (25/255)", "random-noise + jpeg",
                                                   "random-noise + dvae"]
     assert all(0 <= r["test_acc"] <= 1 for r in rows)
     text = (tmp_path / "results.md").read_text()
     assert "25/255" in text and "26/255" not in text and "victim cnn (width=16)" in text  # budget, victim, and
-    assert "purifiers jpeg (defaults), dvae (preset=fast, epochs=1, width=4)" in text  # the purifiers' settings
+    assert "purifiers jpeg (defaults), dvae (preset=fast, epochs=1, width=4, min_steps=0)" in text  # its settings
     assert text.count("\n| ") == 5  # the header and four rows
     assert (tmp_path / "grid.png").stat().st_size > 1000
     poisoned = load_set(tmp_path / "poisoned")

@@ -18,7 +18,7 @@ from unlearnable.defenses.base import MIN_LIKENESS, _likeness
 from unlearnable.defenses.dvae import DVAE, RateConstrainedVAE, kld_per_location, rate_term
 from unlearnable.errors import UnlearnableError
 
-TINY = {"width": 4, "epochs": 1, "batch_size": 64}
+TINY = {"width": 4, "epochs": 1, "batch_size": 64, "min_steps": 0}
 
 
 @pytest.fixture(scope="module")

@@ -641,6 +641,38 @@ def test_dvae_loss_adds_p_hat_to_the_reconstruction_and_its_penalty_after_epoch_
     assert (official_kld_weight(1.0), official_kld_weight(3.0), official_kld_weight(0.5)) == (0.01, 0.01, 0.5)
 
 
+def test_dvae_min_steps_trains_a_small_set_more_epochs_and_starts_the_penalty_on_those(monkeypatch, caplog):
+    """The fast preset's 2 epochs make 468 steps on 60,000 images and 14 on 2,000, which purified a 2,000-image set
+    to noise (victim 11%); ``min_steps`` raises the epochs of a small set. The p_hat penalty's start is a fraction
+    of the epochs trained, not of ``epochs``."""
+    from unlearnable.defenses.dvae import DVAE, RateConstrainedVAE
+    from unlearnable.errors import UnlearnableError
+
+    fast = DVAE(preset="fast")
+    assert fast.min_steps == 468 and RateConstrainedVAE(preset="fast").min_steps == 468
+    assert [fast.fit_epochs(n) for n in (60000, 59904, 10000, 2000, 256)] == [2, 2, 12, 67, 468]
+    assert DVAE(preset="fast", min_steps=0).fit_epochs(2000) == 2 and DVAE(epochs=5).fit_epochs(64) == 5
+    assert DVAE(epochs=3, batch_size=32, min_steps=10).fit_epochs(64) == 5  # ceil(10 / 2 steps an epoch)
+    with pytest.raises(UnlearnableError, match="min_steps"):
+        DVAE(min_steps=-1)
+    epochs_seen = []
+    loss = DVAE._loss
+    monkeypatch.setattr(DVAE, "_loss", lambda self, *a: epochs_seen.append(a[-1]) or loss(self, *a))
+    with caplog.at_level("INFO", logger="unlearnable.defenses.dvae"):
+        DVAE(width=2, epochs=1, batch_size=32, min_steps=9, skip="s2", seed=0).fit(synthetic(64, side=8))
+    assert epochs_seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # 5 epochs of 2 steps: at least 9 steps
+    assert "5 epochs of 2 steps, so that it trains min_steps=9 steps" in caplog.text
+    monkeypatch.setattr(DVAE, "_loss", loss)
+
+    x = torch.full((2, 1, 4, 4), 0.7)
+    outputs = (torch.full_like(x, 0.5), torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2), torch.full_like(x, 0.2))
+    monkeypatch.setattr(DVAE, "_forward", lambda self, net, x, y: outputs)
+    dvae = DVAE(epochs=1, p_after=0.5, min_steps=10)
+    dvae._epochs_now = 5  # what a fit of 5 epochs (1 asked, 5 for min_steps) sets
+    without, with_penalty = (dvae._loss(None, x, None, 1.0, 0.01, epoch)[0].item() for epoch in (2, 3))
+    assert with_penalty - without == pytest.approx(0.2 ** 2)  # on after epoch 2.5 of 5, not after 0.5 of 1
+
+
 def test_a_loaded_dvae_runs_on_the_device_asked_for(tmp_path):
     """The saved device won over ``load(device=...)``."""
     from unlearnable.defenses.dvae import DVAE

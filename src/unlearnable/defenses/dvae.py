@@ -84,48 +84,49 @@ shared, busy machine a training step took 2-3 s (OpenMP threads waiting on each 
 class-wise EM -> 87.7% (BENCHMARKS.md, session 10); on the slower Zen 1 (float32) 18.4 min and, since stage 1's
 ``p_hat`` waits on disk while stage 2 trains, 1.89 GB (session 15). On a slow CPU ``width=8`` halves the time at a
 price (Zen 1, session 18: 9.2 min; class-wise EM -> 86.5% against 87.7% at ``width=16``; clean images lose 2.0
-points at either width, 91.6% -> 89.6%). The preset is sized for 60,000 grey images (468 steps a stage): on 20,000
-colour 32 x 32 images it is far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%), so give
-colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s
-for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM
-(BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does
-not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE reconstructs the pattern
-instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official rate limit leaves room for
-it on simple grey images, so there the recovery comes from coarse stage-2 reconstructions, not from the perturbation
-decoder. So a third epoch a stage does not help there (AMX Xeon, session 25: class-wise EM -> 84.4% / 79.0% at seeds
-0 / 1 against 83.5% / 87.4% with two). The seed matters as much: with two epochs, seeds 0-4 give 83.5 / 87.4 / 86.5
-/ 87.6 / 86.0% (mean 86.2%, clean 91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 / 3.7 points (mean 2.8;
-2.3 at seed 0 in fp32; session 26). That price is the stage-2 reconstruction's own: on an H200 (five seeds each,
-session 27) it stays at 2.2-2.4 points with the stage-2 limit eight times looser (``kld_2=24``, which also lets
-class-wise EM through at one seed) or with the reconstruction alone (``skip=s1,i2``), so the official limits and
-steps stay. ``width=24`` takes twice the time (8 min on an AMX Xeon) and recovered more against class-wise EM (seeds
-0-4: 86.3-88.3%, mean 87.6%, against 86.2%) at a clean price still over 2 points (mean 2.3 over seeds 0-2), but it
-lets more of a per-image perturbation through: against sample-wise EM 8/255 its five seeds gave 82.7-88.8% (mean
-86.7%) against 87.2-88.8% (mean 88.0%) at ``width=16`` (H200, session 28; REM a tie, TAP and SEP +0.3 points), so
-the preset keeps ``width=16``. More capacity and steps can lower the price at a given seed: the official width and
+points at either width, 91.6% -> 89.6%). The preset is sized for 60,000 grey images (468 steps a stage); a smaller
+set trains more epochs, at least those 468 steps a stage (``min_steps=468``, since 2026-12-06: its 2 epochs had
+purified a 2,000-image set, 14 steps a stage, to noise; BENCHMARKS.md, D-VAE, session 54). On 20,000 colour 32 x 32
+images 2 epochs were far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%; ``min_steps`` now
+gives them 6), so give colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on
+an H200 GPU took 214 s for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7%
+against sample-wise EM (BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
+stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE
+reconstructs the pattern instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official
+rate limit leaves room for it on simple grey images, so there the recovery comes from coarse stage-2 reconstructions,
+not from the perturbation decoder. So a third epoch a stage does not help there (AMX Xeon, session 25: class-wise EM
+-> 84.4% / 79.0% at seeds 0 / 1 against 83.5% / 87.4% with two). The seed matters as much: with two epochs, seeds 0-4
+give 83.5 / 87.4 / 86.5 / 87.6 / 86.0% (mean 86.2%, clean 91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 /
+3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26). That price is the stage-2 reconstruction's own: on an H200
+(five seeds each, session 27) it stays at 2.2-2.4 points with the stage-2 limit eight times looser (``kld_2=24``,
+which also lets class-wise EM through at one seed) or with the reconstruction alone (``skip=s1,i2``), so the official
+limits and steps stay. ``width=24`` takes twice the time (8 min on an AMX Xeon) and recovered more against class-wise
+EM (seeds 0-4: 86.3-88.3%, mean 87.6%, against 86.2%) at a clean price still over 2 points (mean 2.3 over seeds 0-2),
+but it lets more of a per-image perturbation through: against sample-wise EM 8/255 its five seeds gave 82.7-88.8%
+(mean 86.7%) against 87.2-88.8% (mean 88.0%) at ``width=16`` (H200, session 28; REM a tie, TAP and SEP +0.3 points),
+so the preset keeps ``width=16``. More capacity and steps can lower the price at a given seed: the official width and
 batch with 8 epochs a stage (``width=64, epochs=8, batch_size=128``; ~105 s on an H200, far over 10 minutes on two
 cores) cost clean images 0.69 points and recovered class-wise EM 8/255 to 90.25% against 91.69% clean (seed 0;
 session 28). Half of that on two cores, ``width=32, epochs=4, batch_size=128`` (18 min for both stages on an AMX
 Xeon, 1.96 GB): clean images lost 0.56 points and class-wise EM 8/255 came back to 88.81% against 91.64%, but
 sample-wise EM to 85.74% where ``fast`` gave 87.77% (seed 0; session 28). It is no reliable option either: at seed 1
-it cost clean images 5.73 points, and batch 128 at ``width=16`` (twice the steps of ``fast``) left the purified
-clean split at 78% at seeds 1 and 2 (89.7% at seed 0), class- and sample-wise EM at 63-71% (session 29): on two
-cores more steps are a bet on the seed. What those bad seeds write is the label (session 32): the victim trained on
-the clean split purified at seed 1 scored 93.7% on test images purified with their true labels, 80.9% with shifted
-ones and 78.1% on raw ones (seed 0 of the preset: 89.4 / 89.0 / 89.5%), i.e. ``u_y`` left a class trace that
-helps only where the same purifier wrote it. Check a purified set with a victim on images it did not purify;
-:meth:`DVAE.label_sensitivity` measures what the labels write, but over 17 fits on the clean split it did not
-predict the victim (sessions 35-36), and the clean price of ``fast`` is machine-dependent: 2.0-4.3
-points (mean 3.3) over seeds 0-9 on a Zen 4 EPYC against a mean of 2.8 over seeds 0-4 on an AMX Xeon. Two
-post-steps outside the paper did not bring it under 2 points (session 38, seeds 0-3 on the Zen 4): the pixel mean of
-two fits' outputs (3.38 over six pairs; it is smoother still) and an unsharp mask that gives the output the input's
-high-frequency energy (3.25 -> 2.73, class-wise EM 8/255 4.76 -> 4.47 under clean, colour 4.9 points worse).
-Those prices are against one victim at seed 0, this Zen 4's best clean victim (92.11% against a mean of 91.76% over
-seeds 0-4): with five victims per fit, seeds 0-3 cost 2.48 / 2.72 / 3.18 / 2.84 (mean 2.81, session 40).
-Neither float32 (``amp=False``: 2.83 at seeds 0-3, 1.45x the time) nor twice the learning rate is a lever:
-``lr=0.01`` cost 2.44 against 3.00 over seeds 0-4 but let per-image poison through (sample-wise EM 85.8% against
-88.3% at seed 1, REM 0.5 / 1.5 points worse at seeds 0 / 1), so the preset keeps 5e-3 (BENCHMARKS.md, sessions
-41-42)."""
+it cost clean images 5.73 points, and batch 128 at ``width=16`` (twice the steps of ``fast``) left the purified clean
+split at 78% at seeds 1 and 2 (89.7% at seed 0), class- and sample-wise EM at 63-71% (session 29): on two cores more
+steps are a bet on the seed. What those bad seeds write is the label (session 32): the victim trained on the clean
+split purified at seed 1 scored 93.7% on test images purified with their true labels, 80.9% with shifted ones and
+78.1% on raw ones (seed 0 of the preset: 89.4 / 89.0 / 89.5%), i.e. ``u_y`` left a class trace that helps only where
+the same purifier wrote it. Check a purified set with a victim on images it did not purify;
+:meth:`DVAE.label_sensitivity` measures what the labels write, but over 17 fits on the clean split it did not predict
+the victim (sessions 35-36), and the clean price of ``fast`` is machine-dependent: 2.0-4.3 points (mean 3.3) over
+seeds 0-9 on a Zen 4 EPYC against a mean of 2.8 over seeds 0-4 on an AMX Xeon. Two post-steps outside the paper did
+not bring it under 2 points (session 38, seeds 0-3 on the Zen 4): the pixel mean of two fits' outputs (3.38 over six
+pairs; it is smoother still) and an unsharp mask that gives the output the input's high-frequency energy (3.25 ->
+2.73, class-wise EM 8/255 4.76 -> 4.47 under clean, colour 4.9 points worse). Those prices are against one victim at
+seed 0, this Zen 4's best clean victim (92.11% against a mean of 91.76% over seeds 0-4): with five victims per fit,
+seeds 0-3 cost 2.48 / 2.72 / 3.18 / 2.84 (mean 2.81, session 40). Neither float32 (``amp=False``: 2.83 at seeds 0-3,
+1.45x the time) nor twice the learning rate is a lever: ``lr=0.01`` cost 2.44 against 3.00 over seeds 0-4 but let
+per-image poison through (sample-wise EM 85.8% against 88.3% at seed 1, REM 0.5 / 1.5 points worse at seeds 0 / 1),
+so the preset keeps 5e-3 (BENCHMARKS.md, sessions 41-42)."""
 
 
 # ----------------------------------------------------------------------------------------------------- the network
@@ -267,6 +268,7 @@ class RateConstrainedVAE(Purifier):
     """
 
     epochs: int = 60  # passes over the training set (official CIFAR-10: 60)
+    min_steps: int = 0  # a stage trains at least this many steps: more epochs on a small set (0: none, official)
     batch_size: int = 128  # official train_batch_size
     lr: float = 5e-3  # Adam learning rate, cosine-annealed to 0 (official)
     grad_clip: float = 5.0  # gradient-norm clip (official grad_clip)
@@ -281,10 +283,12 @@ class RateConstrainedVAE(Purifier):
 
     name: ClassVar[str] = "vae"
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "fast": {"width": 16, "epochs": 2, "batch_size": 256}}
+        # min_steps: the steps its 2 epochs make on 60,000 images (FAST_PRESET_NOTE): a small set gets more epochs
+        "fast": {"width": 16, "epochs": 2, "batch_size": 256, "min_steps": 468}}
 
     def validate(self) -> None:
         check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.min_steps >= 0, f"min_steps must be >= 0, got {self.min_steps}")
         check(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.grad_clip > 0, f"grad_clip must be positive, got {self.grad_clip}")
@@ -359,7 +363,12 @@ class RateConstrainedVAE(Purifier):
         x_all = torch.from_numpy(np.require(data.x, requirements=["C", "W"])).to(dev)
         y_all = torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(dev)
         steps_per_epoch = len(data) // self.batch_size  # official: drop_last=True
-        total = self.epochs * steps_per_epoch
+        epochs = self.fit_epochs(len(data))
+        if epochs > self.epochs:
+            log.info("%s: %d epochs of %d steps, so that it trains min_steps=%d steps (epochs=%d would make %d)",
+                     desc, epochs, steps_per_epoch, self.min_steps, self.epochs, self.epochs * steps_per_epoch)
+        self._epochs_now = epochs  # the p_hat penalty's start (DVAE._loss) is a fraction of these
+        total = epochs * steps_per_epoch
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
         weight = official_kld_weight(limit) if self.kld_weight is None else self.kld_weight
@@ -384,7 +393,7 @@ class RateConstrainedVAE(Purifier):
         t0 = saved = time.perf_counter()
         with progress.task(desc, total=total) as advance, flush_denormals():
             advance(first_epoch * steps_per_epoch + first_step)
-            for epoch in range(first_epoch, self.epochs):
+            for epoch in range(first_epoch, epochs):
                 if perm is None:
                     perm = torch.randperm(len(data), generator=gen).to(dev)
                 for i in range(first_step, steps_per_epoch):
@@ -401,13 +410,13 @@ class RateConstrainedVAE(Purifier):
                     if self.checkpoint and due and i + 1 < steps_per_epoch:
                         save(epoch, i + 1)
                         saved = time.perf_counter()
-                log.info("%s epoch %d/%d: rec %.5f, kld %.3f, p2 %.5f (%.1f s)", desc, epoch + 1, self.epochs,
+                log.info("%s epoch %d/%d: rec %.5f, kld %.3f, p2 %.5f (%.1f s)", desc, epoch + 1, epochs,
                          *(sums / steps_per_epoch), time.perf_counter() - t0)
                 if not np.isfinite(sums).all():  # would purify every image to black (and save that state)
                     raise UnlearnableError(f"{desc}: the loss is no longer finite in epoch {epoch + 1}: the fit "
                                            f"diverged (lr {self.lr}, KL weight {weight:.3g}); lower them")
                 first_step, perm, sums = 0, None, np.zeros(3)
-                if self.checkpoint and epoch + 1 < self.epochs:
+                if self.checkpoint and epoch + 1 < epochs:
                     save(epoch + 1, 0)
                     saved = time.perf_counter()
         if self.checkpoint:
@@ -415,6 +424,12 @@ class RateConstrainedVAE(Purifier):
             self._run["current"] = None
             self.save_state(self._run)
         return net.eval()
+
+    def fit_epochs(self, n: int) -> int:
+        """The epochs a stage trains on ``n`` images: ``epochs``, or more where they would make fewer than
+        ``min_steps`` steps of ``batch_size`` (the last, partial batch of an epoch is dropped, as officially)."""
+        per_epoch = max(1, n // self.batch_size)
+        return max(self.epochs, -(-self.min_steps // per_epoch))
 
     def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int):
         x_hat, mu, logvar, _ = self._forward(net, x, y)
@@ -594,7 +609,7 @@ class DVAE(RateConstrainedVAE):
         rec = F.mse_loss(x_hat, x)
         p2 = p.pow(2).mean()
         loss = rec + F.mse_loss((x_hat + p).clamp(0, 1), x) + weight * rate_term(kld, limit)
-        if epoch > self.p_after * self.epochs:
+        if epoch > self.p_after * getattr(self, "_epochs_now", self.epochs):
             loss = loss + torch.clamp(p2, min=self.p_floor)
         return loss, np.array([rec.item(), kld.item(), p2.item()])
 

@@ -218,7 +218,10 @@ def test_interrupted_purify_resumes(tmp_path, crash):
     assert "resuming" in p.stderr and "ignoring" not in p.stderr, p.stderr
     np.testing.assert_array_equal(load_set(tmp_path / "pur").x, expected)
     assert not (tmp_path / ".pur.state.pt").exists()  # resumed from it, and cleared once the set was saved
-    sens = json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]["label_sensitivity"]
+    record = json.loads((tmp_path / "pur" / "manifest.json").read_text())["purified_by"]
+    sens = record["label_sensitivity"]
+    assert f"(fit {record['fit_seconds']} s; purifying {record['seconds']} s)" in run("info", str(tmp_path / "pur"),
+                                                                                      check_rc=0).stdout
     assert f"label sensitivity {sens['ratio']:.2f}" in p.stderr and sens["images"] == 256 and sens["changed"] > 0
 
 

@@ -60,7 +60,8 @@ def test_transform_contract(name, tiny_set, tiny_dvae):
     out = purifier.transform(tiny_set)
     assert out.x.shape == tiny_set.x.shape and out.x.dtype == np.uint8
     assert np.array_equal(out.y, tiny_set.y) and not np.array_equal(out.x, tiny_set.x)
-    assert out.provenance["purified_by"]["method"] == name
+    record = out.provenance["purified_by"]
+    assert record["method"] == name and record["fit_seconds"] > 0 and record["seconds"] > 0  # training, purifying
     if name == "dvae":
         p = purifier.perturbation_
         assert p.shape == tiny_set.x.shape and p.dtype == np.float32 and np.isfinite(p).all()
@@ -143,6 +144,7 @@ def test_save_load_roundtrip_and_new_data(tmp_path, tiny_set, tiny_dvae, small_t
     path = tiny_dvae.save(tmp_path / "dvae.safetensors")
     loaded = DVAE.load(path, device=tiny_dvae.device)  # same device: the sampling noise is drawn there
     assert np.array_equal(loaded.transform(tiny_set).x, tiny_dvae.transform(tiny_set).x)
+    assert "fit_seconds" not in loaded.transform(tiny_set).provenance["purified_by"]  # not fitted here: no time
     new = small_train.take(100, seed=9)
     assert loaded.transform(new).x.shape == new.x.shape
     with pytest.raises(UnlearnableError, match="not 'vae'"):

@@ -53,7 +53,10 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
     for q in [*p.get("purified_before", []), *([p["purified_by"]] if "purified_by" in p else [])]:
         only = (f"; only the {len(q.get('flagged', []))} samples flagged by {q['only_flagged_by']}"
                 if "only_flagged_by" in q else "")
-        lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()) + only)
+        took = "; ".join(f"{what} {q[key]} s" for what, key in (("fit", "fit_seconds"), ("purifying", "seconds"))
+                         if key in q)
+        lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()) + only
+                     + (f" ({took})" if took else ""))
     if "dropped" in p:
         d = p["dropped"]
         lines.append(f"dropped:    {d.get('count')} of {d.get('of')} samples flagged by {d.get('by')}")

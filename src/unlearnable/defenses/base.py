@@ -73,8 +73,11 @@ class Purifier(GivenFields, Resumable):
                         "~0.9 on Fashion-MNIST): its fit has most likely learned too little and the set is destroyed "
                         "rather than purified; give it more epochs (its option epochs=N: a small set makes few steps "
                         "an epoch) and train a victim on the result before trusting it", self.name, r)
+        seconds = {"seconds": round(time.perf_counter() - t0, 2)}  # this transform's
+        if hasattr(self, "fit_seconds_"):  # a learned purifier fitted in this process (not loaded from a file)
+            seconds["fit_seconds"] = round(self.fit_seconds_, 2)
         provenance = {**data.provenance, "purified_by": {"method": self.name, "params": self.params(), **note,
-                                                         "seconds": round(time.perf_counter() - t0, 2)}}
+                                                         **seconds}}
         if "purified_by" in data.provenance:  # purified again: the earlier purifiers stay on record, oldest first
             provenance["purified_before"] = [*data.provenance.get("purified_before", []),
                                              data.provenance["purified_by"]]

@@ -466,17 +466,20 @@ class RateConstrainedVAE(Purifier):
             self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
         return self
 
-    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "perturbation_", "_fit_cache")
+    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "perturbation_", "_fit_cache", "fit_seconds_")
 
     @contextlib.contextmanager
     def _fitting(self):
         """A fit that fails or is interrupted leaves the purifier unfitted (it kept the shape of the new data and
-        the networks of an earlier fit, or none: transform() then raised AttributeError, save() wrote no weights)."""
+        the networks of an earlier fit, or none: transform() then raised AttributeError, save() wrote no weights).
+        One that ends records its seconds in ``fit_seconds_``, an interrupted run's before it included."""
+        t0 = time.perf_counter()
         try:
             yield
         except BaseException:
             self._forget()
             raise
+        self.fit_seconds_ = time.perf_counter() - t0 + self.resumed_seconds
 
     def _forget(self) -> None:
         for name in self.FITTED:

@@ -147,6 +147,10 @@ def test_poison_info_train_export_purify(tmp_path):
     assert "overwrite" in one_line_error(run("info", str(out), "--grid", str(grid)))
     res = json.loads(run("train", "--data", str(out), "--epochs", "1", "--json", check_rc=0).stdout)
     assert {"test_acc", "peak_test_acc", "train_acc", "seconds", "epochs"} <= set(res) and res["epochs"] == 1
+    # without --epochs a small set trains the recipe's 705 steps, not 3 epochs (24 steps of 2,000 images: ~20%)
+    p = run("train", "--data", str(out), "--subset", "300", "--model", "linear", "--batch-size", "100", "--json",
+            check_rc=0)
+    assert json.loads(p.stdout)["epochs"] == 235 and "the victim trains 235 epochs, the 705 steps the default" in p.stderr
     run("export", str(out), "--format", "png", "--out", str(tmp_path / "png"), check_rc=0)
     assert len(list((tmp_path / "png" / "train").rglob("*.png"))) == 500
     assert len(list((tmp_path / "png" / "test").rglob("*.png"))) == 10000

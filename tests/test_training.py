@@ -29,6 +29,21 @@ def test_history_and_summary(small_train, small_test):
     assert s["peak_test_acc"] >= s["test_acc"]
 
 
+def test_min_steps_trains_a_small_set_more_epochs_tested_as_often(small_train, small_test):
+    """The recipe's 3 epochs are 705 steps on 60,000 images and 24 on 2,000, after which a victim on clean images
+    scored 18-26%: ``min_steps`` raises the epochs; the test split is used about as often as for those asked."""
+    from unlearnable.training import RECIPE_STEPS
+
+    recipe = TrainConfig(min_steps=RECIPE_STEPS)
+    assert [recipe.epochs_for(n) for n in (60000, 50000, 2000, 257)] == [3, 4, 89, 705]  # 257: one batch
+    assert TrainConfig().epochs_for(2000) == 3 and TrainConfig(epochs=100, min_steps=705).epochs_for(2000) == 100
+    r = train(small_train.take(300), small_test.take(200), "linear", TrainConfig(epochs=2, batch_size=100,
+                                                                                 min_steps=20))
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4, 5, 6, 7]  # 3 steps an epoch: 7 make at least 20
+    assert [h["epoch"] for h in r.history if "test_acc" in h] == [3, 6, 7]  # every 7 // 2 epochs, and the last
+    assert r.summary()["epochs"] == 7
+
+
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True), (False, True, True)])
 def test_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, avx512_bf16, amx, expected):
     from unlearnable.training import fast_bf16
@@ -85,7 +100,8 @@ def test_flush_denormals_is_scoped():
 
 
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"batch_size": 0}, {"lr": 0.0}, {"eval_every": 0}, {"momentum": -1.0},
-                                 {"label_smoothing": 2.0}, {"crop_pad": -3}, {"grad_clip": -1.0}, {"lr": float("inf")}])
+                                 {"label_smoothing": 2.0}, {"crop_pad": -3}, {"grad_clip": -1.0}, {"lr": float("inf")},
+                                 {"min_steps": -1}])
 def test_bad_recipe_is_a_clear_error(bad):
     from unlearnable.errors import UnlearnableError
 

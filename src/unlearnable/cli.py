@@ -243,7 +243,8 @@ def _report_label_sensitivity(pur, train, purified):
 def train(
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="dataset spec or saved set directory"),
     model: str = typer.Option("cnn", "--model", "-m", help="architecture (unlearnable list models)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: the trainer's)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: the trainer's 3, and on a small set as many "
+                                         "as make the 705 steps those make on 60,000 images)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, help="batch size"),
     seed: int = typer.Option(0, min=0, help="random seed"),
@@ -258,18 +259,19 @@ def train(
 
     MODELS.check(model)  # an unknown name fails before any data is read (and before torch is imported)
     trainset, testset = load(data)
-    from .training import TrainConfig
     from .training import train as fit
 
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
     if model in CLASSICAL and changes:
         _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in changes)} "
              f"{'does' if len(changes) == 1 else 'do'} not apply to it")
-    cfg = TrainConfig(seed=seed, device=device, **changes)
+    cfg = _victim_recipe(epochs, seed=seed, device=device, **{k: v for k, v in changes.items() if k != "epochs"})
     if subset:
         trainset = _take(trainset, subset, seed)
     if not json_:
         _say(f"training {model} on {len(trainset)} images ({data}), testing on {len(testset)} clean images ...")
+    if model not in CLASSICAL:
+        _say_more_epochs(cfg, len(trainset))
     result = fit(trainset, testset, model, cfg)
     summary = {"data": data, "model": model, **result.summary()}
     if json_:
@@ -279,7 +281,7 @@ def train(
     from rich.table import Table
 
     table = Table("epoch", "train acc", "test acc", "seconds")
-    for h in result.history:
+    for h in result.history if len(result.history) <= cfg.epochs else [h for h in result.history if "test_acc" in h]:
         table.add_row(str(h["epoch"]), f"{h['train_acc']:.2%}", f"{h.get('test_acc', float('nan')):.2%}",
                       f"{h['seconds']:.1f}")
     Console().print(table)
@@ -651,9 +653,9 @@ def dvae_check(
         raise UnlearnableError(f"{data} is not a poisoned set: dvae-check takes a set saved by `unlearnable poison` "
                                "(it adds the D-VAE's perturbation estimate to the set's clean images)")
     from .defenses.dvae import dvae_check as check
-    from .training import TrainConfig
 
-    cfg = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+    cfg = _victim_recipe(epochs)
+    _say_more_epochs(cfg, len(train))
     res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train, options),
                 **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
@@ -676,6 +678,26 @@ def _resumable(job, state: str) -> None:
     job.checkpoint = state
     job.keep_state = True  # until the command has saved the result: a failed save must not cost the whole job
     _announce(state)
+
+
+def _victim_recipe(epochs: int | None, **changes):
+    """The victims' recipe of ``train`` and ``dvae-check``: ``--epochs`` as given, else the trainer's 3 epochs
+    raised on a small set to the steps they make on 60,000 images (:data:`~unlearnable.training.RECIPE_STEPS`)."""
+    from .training import RECIPE_STEPS, TrainConfig
+
+    return TrainConfig(epochs=epochs, **changes) if epochs is not None else TrainConfig(min_steps=RECIPE_STEPS,
+                                                                                        **changes)
+
+
+def _say_more_epochs(cfg, n: int) -> None:
+    """Say so when :func:`_victim_recipe`'s rule trains the victim more epochs than asked."""
+    from .training import batch_starts
+
+    epochs = cfg.epochs_for(n)
+    if epochs > cfg.epochs:
+        _say(f"{n} training images make {len(batch_starts(n, cfg.batch_size))} steps an epoch: the victim trains "
+             f"{epochs} epochs, the {cfg.min_steps} steps the default recipe makes on 60,000 images (--epochs N: "
+             "exactly N)")
 
 
 def _state_next_to(out: Path) -> str:

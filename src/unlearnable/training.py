@@ -61,6 +61,8 @@ class TrainConfig:
     channels_last: bool | None = None  # channels_last memory format; None: on
     grad_clip: float | None = None  # clip the gradient norm (the EM surrogate's 5.0); None: off
     eval_every: int = 1  # evaluate on the test split every N epochs (and after the last)
+    min_steps: int = 0  # at least this many SGD steps: a small set trains more epochs (0: exactly ``epochs``;
+    #   the CLI's train and dvae-check ask for RECIPE_STEPS unless --epochs is given)
     seed: int = 0  # initialisation, batch order and augmentation
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
 
@@ -72,6 +74,7 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.eval_every >= 1, f"eval_every must be at least 1, got {self.eval_every}")
+        check(self.min_steps >= 0, f"min_steps must not be negative, got {self.min_steps}")
         check(0 <= self.momentum < 1 and self.weight_decay >= 0,
               f"momentum must lie in [0, 1) and weight_decay be >= 0, got {self.momentum}, {self.weight_decay}")
         check(0 <= self.label_smoothing < 1 and 0 <= self.warmup < 1, "label_smoothing and warmup must lie in "
@@ -82,6 +85,26 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def epochs_for(self, n: int) -> int:
+        """The epochs :func:`train` runs on ``n`` images: ``epochs``, or more where those would make fewer than
+        ``min_steps`` steps."""
+        return max(self.epochs, -(-self.min_steps // len(batch_starts(n, self.batch_size))))
+
+
+#: The default recipe's SGD steps on full Fashion-MNIST (3 epochs of 235 batches of 256): what the CLI's victims
+#: train at least. Its 3 epochs of a 2,000-image set are 24 steps, after which a victim on CLEAN images scored
+#: 18-26% where 15 epochs reached 78-80% (BENCHMARKS.md, "Default victim", session 54).
+RECIPE_STEPS = 705
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """The first index of each batch of an epoch over ``n`` images; a last batch of one image joins the one before
+    (it would break batch norm: lenet's BatchNorm1d)."""
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return starts
 
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -403,13 +426,16 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
                                "of features needs two or more): raise the batch size or give it more images")
     x = torch.from_numpy(np.array(trainset.x)).to(device)  # a copy: saved sets are read-only memory maps
     y = torch.from_numpy(trainset.y).to(device)
-    starts = list(range(0, len(y), cfg.batch_size))
-    if cfg.batch_size > 1 and len(starts) > 1 and len(y) - starts[-1] == 1:  # a last batch of one breaks batch
-        # norm (lenet's BatchNorm1d): the batch before takes it
-        starts.pop()
+    starts = batch_starts(len(y), cfg.batch_size)
     ends = starts[1:] + [len(y)]
     steps_per_epoch = len(starts)
-    trainer = Trainer(model, cfg, cfg.epochs * steps_per_epoch, trainset.image_size[0],
+    epochs = cfg.epochs_for(len(y))
+    # tested as often, in steps, as the epochs asked for would have been: not 89 times in 89 short epochs
+    eval_every = cfg.eval_every * max(1, epochs // cfg.epochs)
+    if epochs > cfg.epochs:
+        log.info("training %d epochs of %d steps, so that it makes min_steps=%d (epochs=%d would make %d)",
+                 epochs, steps_per_epoch, cfg.min_steps, cfg.epochs, cfg.epochs * steps_per_epoch)
+    trainer = Trainer(model, cfg, epochs * steps_per_epoch, trainset.image_size[0],
                       flip=default_flip(trainset.source), device=device, gen=gen)
     test = None
     if testset is not None:
@@ -421,9 +447,9 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
         key = {"cfg": dataclasses.asdict(cfg), "data": trainset.fingerprint(), "model": [model_name, shapes]}
         if Path(state_path).is_file():
             first = _resume(Path(state_path), key, trainer, result)
-    with progress.task(description, total=cfg.epochs * steps_per_epoch) as advance:
+    with progress.task(description, total=epochs * steps_per_epoch) as advance:
         advance(first * steps_per_epoch)
-        for epoch in range(first, cfg.epochs):
+        for epoch in range(first, epochs):
             t0 = time.perf_counter()
             loss_sum, correct = 0.0, 0
             perm = torch.randperm(len(y), generator=gen).to(device)
@@ -435,14 +461,14 @@ def train(trainset: ImageSet, testset: ImageSet | None = None, model: str | nn.M
             result.seconds += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "train_loss": loss_sum / len(y), "train_acc": correct / len(y),
                    "seconds": round(result.seconds, 3)}
-            if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            if test is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
                 row["test_acc"] = evaluate(model, test, amp=trainer.amp)  # tested as trained
                 advance(0, status=f"test {row['test_acc']:.1%}")
             result.history.append(row)
             log.info("epoch %d: %s", epoch + 1, row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, model)
-            if state_path is not None and epoch + 1 < cfg.epochs:  # after the last epoch it would be removed
+            if state_path is not None and epoch + 1 < epochs:  # after the last epoch it would be removed
                 torch_save_atomic({"key": key, "epoch": epoch + 1, "model": model.state_dict(),
                                    "opt": trainer.opt.state_dict(), "sched": trainer.sched.state_dict(),
                                    "rng": rng_state(gen, device), "history": result.history, "seconds": result.seconds},

@@ -650,9 +650,9 @@ def test_dvae_min_steps_trains_a_small_set_more_epochs_and_starts_the_penalty_on
 
     fast = DVAE(preset="fast")
     assert fast.min_steps == 468 and RateConstrainedVAE(preset="fast").min_steps == 468
-    assert [fast.fit_epochs(n) for n in (60000, 59904, 10000, 2000, 256)] == [2, 2, 12, 67, 468]
-    assert DVAE(preset="fast", min_steps=0).fit_epochs(2000) == 2 and DVAE(epochs=5).fit_epochs(64) == 5
-    assert DVAE(epochs=3, batch_size=32, min_steps=10).fit_epochs(64) == 5  # ceil(10 / 2 steps an epoch)
+    assert [fast.epochs_for(n) for n in (60000, 59904, 10000, 2000, 256)] == [2, 2, 12, 67, 468]
+    assert DVAE(preset="fast", min_steps=0).epochs_for(2000) == 2 and DVAE(epochs=5).epochs_for(64) == 5
+    assert DVAE(epochs=3, batch_size=32, min_steps=10).epochs_for(64) == 5  # ceil(10 / 2 steps an epoch)
     with pytest.raises(UnlearnableError, match="min_steps"):
         DVAE(min_steps=-1)
     epochs_seen = []

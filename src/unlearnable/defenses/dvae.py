@@ -363,7 +363,7 @@ class RateConstrainedVAE(Purifier):
         x_all = torch.from_numpy(np.require(data.x, requirements=["C", "W"])).to(dev)
         y_all = torch.from_numpy(np.asarray(data.y, dtype=np.int64)).to(dev)
         steps_per_epoch = len(data) // self.batch_size  # official: drop_last=True
-        epochs = self.fit_epochs(len(data))
+        epochs = self.epochs_for(len(data))
         if epochs > self.epochs:
             log.info("%s: %d epochs of %d steps, so that it trains min_steps=%d steps (epochs=%d would make %d)",
                      desc, epochs, steps_per_epoch, self.min_steps, self.epochs, self.epochs * steps_per_epoch)
@@ -425,7 +425,7 @@ class RateConstrainedVAE(Purifier):
             self.save_state(self._run)
         return net.eval()
 
-    def fit_epochs(self, n: int) -> int:
+    def epochs_for(self, n: int) -> int:
         """The epochs a stage trains on ``n`` images: ``epochs``, or more where they would make fewer than
         ``min_steps`` steps of ``batch_size`` (the last, partial batch of an epoch is dropped, as officially)."""
         per_epoch = max(1, n // self.batch_size)

@@ -281,7 +281,7 @@ def train(
     from rich.table import Table
 
     table = Table("epoch", "train acc", "test acc", "seconds")
-    for h in result.history if len(result.history) <= cfg.epochs else [h for h in result.history if "test_acc" in h]:
+    for h in [row for row in result.history if "test_acc" in row]:  # each epoch, or as often as 3 (min_steps)
         table.add_row(str(h["epoch"]), f"{h['train_acc']:.2%}", f"{h.get('test_acc', float('nan')):.2%}",
                       f"{h['seconds']:.1f}")
     Console().print(table)

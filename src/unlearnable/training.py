@@ -89,7 +89,13 @@ class TrainConfig:
     def epochs_for(self, n: int) -> int:
         """The epochs :func:`train` runs on ``n`` images: ``epochs``, or more where those would make fewer than
         ``min_steps`` steps."""
-        return max(self.epochs, -(-self.min_steps // len(batch_starts(n, self.batch_size))))
+        return epochs_with_steps(self.epochs, self.min_steps, len(batch_starts(n, self.batch_size)))
+
+
+def epochs_with_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """``epochs``, or the fewest epochs of ``steps_per_epoch`` that make ``min_steps`` when those make fewer: the
+    rule of the victims' and the D-VAE's ``min_steps``."""
+    return max(epochs, -(-min_steps // max(1, steps_per_epoch)))
 
 
 #: The default recipe's SGD steps on full Fashion-MNIST (3 epochs of 235 batches of 256): what the CLI's victims

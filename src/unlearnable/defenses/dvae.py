@@ -63,7 +63,8 @@ from ..data.store import write_atomic
 from ..errors import UnlearnableError
 from ..params import check
 from ..resume import rng_state, set_rng_state
-from ..training import fast_bf16, flush_denormals, keeps_global_rng, resolve_device, seed_everything
+from ..training import (epochs_with_steps, fast_bf16, flush_denormals, keeps_global_rng, resolve_device,
+                        seed_everything)
 from .base import Purifier
 
 log = logging.getLogger(__name__)
@@ -428,8 +429,7 @@ class RateConstrainedVAE(Purifier):
     def epochs_for(self, n: int) -> int:
         """The epochs a stage trains on ``n`` images: ``epochs``, or more where they would make fewer than
         ``min_steps`` steps of ``batch_size`` (the last, partial batch of an epoch is dropped, as officially)."""
-        per_epoch = max(1, n // self.batch_size)
-        return max(self.epochs, -(-self.min_steps // per_epoch))
+        return epochs_with_steps(self.epochs, self.min_steps, n // self.batch_size)
 
     def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int):
         x_hat, mu, logvar, _ = self._forward(net, x, y)

@@ -23,9 +23,11 @@ TINY = {**DeepConfuse.presets["smoke"], "eps": 0.3, "seed": 3, "device": "cpu"}
 
 #: The effect test's budget: the fast preset's settings on a 4,000-image subset, two trials of two classifier
 #: epochs each (108 alternating steps; ~90 s on the slowest 2-core machine we have seen, a 2 GHz Zen 1), each
-#: scored by 2 epochs on the 3,500 images as measured (the preset's 3 would pick among 2 trials at more cost).
+#: scored by 2 epochs on the 3,500 images as measured (the preset's 3 would pick among 2 trials at more cost),
+#: without the preset's step floors (they would make each trial the full set's 376 steps).
 EFFECT = {**DeepConfuse.presets["fast"], **dict(eps=0.3, trials=2, epochs_per_trial=2.0, train_size=3500,
-                                                holdout=500, score_size=3500, score_epochs=2, seed=0)}
+                                                holdout=500, score_size=3500, score_epochs=2, seed=0,
+                                                trial_min_steps=0, score_min_steps=0)}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,34 @@ def test_interrupted_training_resumes_with_the_same_result(tiny_set, tmp_path, m
     assert itemgetter("trial", "step")(resumed.load_state()) == divmod(crash_at_step, steps_per_trial)
     np.testing.assert_array_equal(resumed.poison(tiny_set).x, expected.x)  # as if never interrupted
     assert not (tmp_path / "state.pt").exists()  # a finished run leaves no state behind
+
+
+def test_step_floors_lengthen_trials_and_scoring_victims_on_a_small_set(tiny_set, monkeypatch):
+    # smoke: 2 trials of 2 alternating steps, scoring victims of 2 steps; the floors ask for 5 and 7
+    import unlearnable.training as training
+
+    steps, configs = [], []
+    step, train = DeepConfuse._step, training.train
+    monkeypatch.setattr(DeepConfuse, "_step", lambda self, *a: (steps.append(1), step(self, *a))[1])
+    monkeypatch.setattr(training, "train", lambda d, t, m, cfg, **kw: (configs.append((len(d), cfg)),
+                                                                      train(d, t, m, cfg, **kw))[1])
+    attack = DeepConfuse(**{**TINY, "trial_min_steps": 5, "score_min_steps": 7})
+    attack.fit(tiny_set)
+    assert len(steps) == TINY["trials"] * 5
+    assert [(n, cfg.min_steps, cfg.epochs_for(n)) for n, cfg in configs] == [(TINY["score_size"], 7, 4)] * 2
+
+
+def test_fast_preset_floors_are_its_own_steps_on_a_full_set():
+    # on 60,000 images the floors change nothing: they are the steps the preset's epochs make on its 12,000 images
+    import math
+
+    from unlearnable.training import TrainConfig, batch_starts
+
+    fast = DeepConfuse(preset="fast")
+    assert fast.trial_min_steps == int(fast.epochs_per_trial * math.ceil(fast.train_size / fast.batch_size)) == 376
+    steps_per_epoch = len(batch_starts(fast.train_size, TrainConfig().batch_size))
+    assert fast.score_min_steps == fast.score_epochs * steps_per_epoch == 141
+    assert DeepConfuse().trial_min_steps == DeepConfuse().score_min_steps == 0  # the official rule: epochs only
 
 
 def test_time_limit_starts_no_trial_that_would_end_past_it(tiny_set, monkeypatch):

@@ -72,7 +72,12 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   10-epoch victim drops to 10.1% after 3 epochs, then learns through the perturbation. With 4-5x the CPU preset's
   steps on the H200 (session 26: 7 trials over all the data, or 37 trials on 12,000 images) the victim ends at
   13.7-17.1% after 8-10% at its first epoch: a floor that more steps of this recipe lower slowly. Momentum 0.9 in
-  the surrogate's real steps made the generator 16-17 points worse (the pseudo-step models plain SGD).
+  the surrogate's real steps made the generator 16-17 points worse (the pseudo-step models plain SGD);
+- a small set (2,000 images, ``--subset 2000``; AMX Xeon, 2 threads, BENCHMARKS.md session 55): the ``fast``
+  preset's epochs made trials of 32 alternating steps (4 epochs of the 1,000 images left after the holdout) and
+  scoring victims of 12 SGD steps: 8 trials in 55 s, and the victim (the CLI's 705-step recipe, seeds 0-1) reached
+  65.2 / 58.1% at eps 0.3 against 85.9% clean. With the preset's step floors (376 a trial, 141 a scoring victim:
+  its steps on 12,000 images) 8 trials took 636 s and the victim 15.6 / 21.1%.
 """
 from __future__ import annotations
 
@@ -447,6 +452,7 @@ class DeepConfuse(Attack):
     eps: float = 0.3  # official MNIST default (CIFAR-10: 0.032)
     trials: int = 500  # generator updates g <- g', each followed by a scoring run (paper: 500)
     epochs_per_trial: float = 1.0  # classifier epochs of alternating updates per trial (MNIST 1, CIFAR-10 20)
+    trial_min_steps: int = 0  # a trial makes at least this many alternating steps: more epochs on a small set
     batch_size: int = 64  # alternating-update batch (MNIST 64, CIFAR-10 256)
     lr: float = 0.01  # surrogate classifier SGD lr, also the pseudo-update's step
     momentum: float = 0.0  # surrogate classifier momentum (official: none; 0.9 is 16 points worse, session 26)
@@ -459,6 +465,7 @@ class DeepConfuse(Attack):
     holdout: int = 1000  # clean samples set aside to score trials
     score_size: int = 0  # poisoned samples a scoring victim trains on (0: all the generator trains on)
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
+    score_min_steps: int = 0  # a scoring victim trains at least this many SGD steps (TrainConfig.min_steps)
     victim: str = "cnn"  # scoring victim architecture
     time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
 
@@ -473,8 +480,12 @@ class DeepConfuse(Attack):
         # went from 37.8% / 59.1% to 28.7% / 15.6% (seeds 0 / 1). A larger generator step than the paper's (Adam
         # 3e-3 vs 1e-4, classifier lr 0.1 vs 0.01). Until 2026-11-30 it was 16 trials of 94 steps: the generator
         # only ever met classifiers in their first 94 steps, and full victims recovered (BENCHMARKS.md).
+        # trial_min_steps / score_min_steps: the steps those epochs make on 12,000 images, so a smaller set trains
+        # more epochs and costs about the full set's time (since 2026-12-07; on 2,000 images a trial had been 32
+        # steps and a scoring victim 12: victim 61.7% at eps 0.3, now 18.4%; module docstring).
         "fast": dict(trials=8, epochs_per_trial=4.0, batch_size=128, lr=0.1, gen_lr=3e-3, train_size=12000,
-                     holdout=1000, score_size=0, score_epochs=3, time_limit=900.0, augment=True),
+                     holdout=1000, score_size=0, score_epochs=3, time_limit=900.0, augment=True,
+                     trial_min_steps=376, score_min_steps=141),
         # Seconds, not an attack: exercises every code path (contract tests, CLI smoke runs; needs > 100 samples).
         "smoke": dict(trials=2, epochs_per_trial=0.25, batch_size=64, holdout=100, score_size=300, score_epochs=1),
     }
@@ -490,6 +501,8 @@ class DeepConfuse(Attack):
               "train_size, holdout, score_size and time_limit must not be negative")
         check(self.holdout >= 1, "holdout must be at least 1 (the trials are scored on it)")
         check(self.score_epochs >= 1, f"score_epochs must be at least 1, got {self.score_epochs}")
+        check(min(self.trial_min_steps, self.score_min_steps) >= 0,
+              "trial_min_steps and score_min_steps must not be negative")
         from ..models import CLASSICAL, MODELS
 
         check(self.surrogate in MODELS and self.surrogate not in CLASSICAL,
@@ -525,7 +538,7 @@ class DeepConfuse(Attack):
         cfg = TrainConfig(batch_size=self.batch_size, lr=self.lr, momentum=self.momentum, weight_decay=0.0,
                           label_smoothing=0.0, schedule="constant", amp=False, channels_last=False,
                           augment=self.augment, seed=self.seed, device=str(device))
-        steps = max(1, int(self.epochs_per_trial * math.ceil(len(y) / self.batch_size)))
+        steps = max(1, int(self.epochs_per_trial * math.ceil(len(y) / self.batch_size)), self.trial_min_steps)
         best, self.history_ = math.inf, []
         self.__dict__.pop("generator_", None)  # a previous fit's generator is not this run's best
         first_trial, first_step, elapsed = 0, 0, 0.0
@@ -649,7 +662,8 @@ class DeepConfuse(Attack):
         score_idx = train_idx[:self.score_size] if self.score_size else train_idx
         scoring = data.subset(score_idx)
         scoring = scoring.replace(x=protect(generator, scoring.x))
-        cfg = TrainConfig(epochs=self.score_epochs, seed=(self.seed + trial) % 2**32, device=self.device, eval_every=10**6)
+        cfg = TrainConfig(epochs=self.score_epochs, min_steps=self.score_min_steps, seed=(self.seed + trial) % 2**32,
+                          device=self.device, eval_every=10**6)
         model = train(scoring, None, self.victim, cfg, description="deepconfuse scoring").model
         hold = data.subset(hold_idx)
         pred = predict(model, torch.from_numpy(hold.x)).cpu().numpy()

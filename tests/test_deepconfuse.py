@@ -66,7 +66,7 @@ def test_bad_options_from_strings():
 
 
 def test_holdout_larger_than_data_is_a_clear_error(tiny_set):
-    with pytest.raises(UnlearnableError, match="holdout"):
+    with pytest.raises(UnlearnableError, match=r"holdout of 600; give a smaller one \(--set holdout=N\)"):
         DeepConfuse(**{**TINY, "holdout": 600}).poison(tiny_set)
 
 

@@ -89,9 +89,10 @@ points at either width, 91.6% -> 89.6%). The preset is sized for 60,000 grey ima
 set trains more epochs, at least those 468 steps a stage (``min_steps=468``, since 2026-12-06: its 2 epochs had
 purified a 2,000-image set, 14 steps a stage, to noise; BENCHMARKS.md, D-VAE, session 54). On 20,000 colour 32 x 32
 images 2 epochs were far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``epochs=8``: 52.0%; the 6 that
-``min_steps`` now gives them: EM 18.2% -> 51.0%, clean 75.8% -> 48.4%, session 55), so give colour data many more epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on
-an H200 GPU took 214 s for both stages and gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7%
-against sample-wise EM (BENCHMARKS.md, session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
+``min_steps`` now gives them: EM 18.2% -> 51.0%, clean 75.8% -> 48.4%, session 55), so give colour data many more
+epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s for both stages and
+gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md,
+session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
 stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE
 reconstructs the pattern instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official
 rate limit leaves room for it on simple grey images, so there the recovery comes from coarse stage-2 reconstructions,

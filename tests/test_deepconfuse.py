@@ -109,9 +109,17 @@ def test_step_floors_lengthen_trials_and_scoring_victims_on_a_small_set(tiny_set
 
     steps, configs = [], []
     step, train = DeepConfuse._step, training.train
-    monkeypatch.setattr(DeepConfuse, "_step", lambda self, *a: (steps.append(1), step(self, *a))[1])
-    monkeypatch.setattr(training, "train", lambda d, t, m, cfg, **kw: (configs.append((len(d), cfg)),
-                                                                      train(d, t, m, cfg, **kw))[1])
+
+    def counted_step(self, *args):
+        steps.append(1)
+        return step(self, *args)
+
+    def recorded_train(data, test, model, cfg, **kwargs):
+        configs.append((len(data), cfg))
+        return train(data, test, model, cfg, **kwargs)
+
+    monkeypatch.setattr(DeepConfuse, "_step", counted_step)
+    monkeypatch.setattr(training, "train", recorded_train)
     attack = DeepConfuse(**{**TINY, "trial_min_steps": 5, "score_min_steps": 7})
     attack.fit(tiny_set)
     assert len(steps) == TINY["trials"] * 5

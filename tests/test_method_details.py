@@ -657,7 +657,12 @@ def test_dvae_min_steps_trains_a_small_set_more_epochs_and_starts_the_penalty_on
         DVAE(min_steps=-1)
     epochs_seen = []
     loss = DVAE._loss
-    monkeypatch.setattr(DVAE, "_loss", lambda self, *a: epochs_seen.append(a[-1]) or loss(self, *a))
+
+    def recorded_loss(self, *args):
+        epochs_seen.append(args[-1])  # the epoch, its last argument
+        return loss(self, *args)
+
+    monkeypatch.setattr(DVAE, "_loss", recorded_loss)
     with caplog.at_level("INFO", logger="unlearnable.defenses.dvae"):
         DVAE(width=2, epochs=1, batch_size=32, min_steps=9, skip="s2", seed=0).fit(synthetic(64, side=8))
     assert epochs_seen == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # 5 epochs of 2 steps: at least 9 steps

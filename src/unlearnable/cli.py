@@ -282,7 +282,7 @@ def train(
 
     table = Table("epoch", "train acc", "test acc", "seconds")
     for h in [row for row in result.history if "test_acc" in row]:  # each epoch, or as often as 3 (min_steps)
-        table.add_row(str(h["epoch"]), f"{h['train_acc']:.2%}", f"{h.get('test_acc', float('nan')):.2%}",
+        table.add_row(str(h["epoch"]), f"{h['train_acc']:.2%}", f"{h['test_acc']:.2%}",
                       f"{h['seconds']:.1f}")
     Console().print(table)
     typer.echo(f"clean test accuracy: final {result.test_acc:.2%}, peak {result.peak_test_acc:.2%}")
@@ -685,8 +685,8 @@ def _victim_recipe(epochs: int | None, **changes):
     raised on a small set to the steps they make on 60,000 images (:data:`~unlearnable.training.RECIPE_STEPS`)."""
     from .training import RECIPE_STEPS, TrainConfig
 
-    return TrainConfig(epochs=epochs, **changes) if epochs is not None else TrainConfig(min_steps=RECIPE_STEPS,
-                                                                                        **changes)
+    length = {"min_steps": RECIPE_STEPS} if epochs is None else {"epochs": epochs}
+    return TrainConfig(**length, **changes)
 
 
 def _say_more_epochs(cfg, n: int) -> None:

@@ -92,11 +92,11 @@ images 2 epochs were far too short (EM 18.7% -> 42.8%, clean 75.4% -> 47.5%; ``e
 ``min_steps`` now gives them: EM 18.2% -> 51.0%, clean 75.8% -> 48.4%, session 55), so give colour data many more
 epochs and width: the defaults (``width=64``, 60 epochs, batch 128) on an H200 GPU took 214 s for both stages and
 gave back 71.8% against class-wise EM (11.1%; clean 75.3%) and 68.7% against sample-wise EM (BENCHMARKS.md,
-session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the
-stage-1 ``p_hat`` does not point at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE
-reconstructs the pattern instead (cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official
-rate limit leaves room for it on simple grey images, so there the recovery comes from coarse stage-2 reconstructions,
-not from the perturbation decoder. So a third epoch a stage does not help there (AMX Xeon, session 25: class-wise EM
+session 14). Caveat (BENCHMARKS.md, session 7): on Fashion-MNIST at 8/255 the stage-1 ``p_hat`` does not point
+at a class-wise EM poison (cosine -0.3..0.2 per class) and a longer-trained VAE reconstructs the pattern instead
+(cosine of ``x_hat - x_clean`` with it up to 0.76 after 12 epochs): the official rate limit leaves room for it on
+simple grey images, so there the recovery comes from coarse stage-2 reconstructions, not from the perturbation
+decoder. So a third epoch a stage does not help there (AMX Xeon, session 25: class-wise EM
 -> 84.4% / 79.0% at seeds 0 / 1 against 83.5% / 87.4% with two). The seed matters as much: with two epochs, seeds 0-4
 give 83.5 / 87.4 / 86.5 / 87.6 / 86.0% (mean 86.2%, clean 91.6%), and the clean split loses 2.2 / 2.5 / 3.0 / 2.8 /
 3.7 points (mean 2.8; 2.3 at seed 0 in fp32; session 26). That price is the stage-2 reconstruction's own: on an H200

@@ -70,6 +70,30 @@ def test_holdout_larger_than_data_is_a_clear_error(tiny_set):
         DeepConfuse(**{**TINY, "holdout": 600}).poison(tiny_set)
 
 
+def test_default_holdout_shrinks_to_half_a_small_set_but_a_given_one_stays():
+    # a folder of 600 images trains the generator on 300 and scores it on 300, rather than failing on the
+    # preset's holdout of 1,000; sets of 2,000 or more keep it; a holdout the caller names is never changed
+    for attack in (DeepConfuse(preset="fast"), create_attack("deepconfuse", preset="fast")):
+        assert (attack.holdout_for(600), attack.holdout_for(1999), attack.holdout_for(2000)) == (300, 999, 1000)
+    for attack in (DeepConfuse(preset="fast", holdout=1000), create_attack("deepconfuse", preset="fast",
+                                                                           holdout="1000")):
+        assert attack.holdout_for(600) == 1000
+
+
+def test_a_set_smaller_than_twice_the_default_holdout_is_scored_on_half(tiny_set):
+    few = tiny_set.take(100, seed=0)  # the smoke preset's holdout of 100 would leave nothing to train on
+    attack = DeepConfuse(preset="smoke", eps=0.3, trials=1, score_size=50, seed=0, device="cpu")
+    split, score = [], attack._score
+
+    def spy(generator, data, train_idx, hold_idx, trial):
+        split.append((len(train_idx), len(hold_idx)))
+        return score(generator, data, train_idx, hold_idx, trial)
+
+    attack._score = spy
+    attack.fit(few)
+    assert split == [(50, 50)] and len(attack.history_) == 1
+
+
 def test_contract_budget_dtype_shape(tiny, tiny_set):
     attack, poisoned = tiny
     assert poisoned.x.dtype == np.uint8 and poisoned.x.shape == tiny_set.x.shape

@@ -93,6 +93,7 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     Presets are the class attribute ``presets: dict[str, dict]``; options given explicitly win over a preset.
     """
     options = dict(options)
+    given = set(options)
     preset = options.pop("preset", None)
     if preset == NO_PRESET:
         preset = None
@@ -108,6 +109,8 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     method = cls(**typed)  # the preset is merged already: set after, so __post_init__ does not apply it again
     if preset is not None:
         method.preset = preset
+    if isinstance(method, GivenFields):  # the fields the caller named, not those the preset filled
+        method.__dict__["_given"] = frozenset(given)
     return method
 
 

@@ -196,6 +196,29 @@ def test_time_limit_starts_no_trial_that_would_end_past_it(tiny_set, monkeypatch
     assert len(attack.history_) == 4
 
 
+def test_time_limit_stops_a_trial_that_runs_past_it(tiny_set, monkeypatch, caplog):
+    # a fake clock: each alternating step takes 10 s, so a trial of 20 steps (200 s) would run past a limit of
+    # 55 s: it stops after the step that reaches the limit, is scored, and no other trial follows (until
+    # 2026-12-07 the first trial always ran to its end: ~21 minutes at 64 x 64 in colour on two cores)
+    import types
+
+    import unlearnable.attacks.deepconfuse as module
+
+    clock = [0.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(DeepConfuse, "_step", lambda self, *args: clock.__setitem__(0, clock[0] + 10.0))
+    attack = DeepConfuse(**{**TINY, "trials": 3, "trial_min_steps": 20, "time_limit": 55.0})
+    with caplog.at_level("WARNING", logger=module.__name__):
+        attack.fit(tiny_set)
+    assert [h["steps"] for h in attack.history_] == [6]
+    assert "trial 1 stopped after 6 of its 20 alternating steps at the time limit of 55 s" in caplog.text
+    caplog.clear()
+    attack = DeepConfuse(**{**TINY, "trials": 2, "trial_min_steps": 20, "time_limit": 500.0})
+    with caplog.at_level("WARNING", logger=module.__name__):
+        attack.fit(tiny_set)  # within the limit: every step of every trial, no word
+    assert [h["steps"] for h in attack.history_] == [20, 20] and "stopped" not in caplog.text
+
+
 def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
     attack, _ = tiny
     path = attack.save_generator(tmp_path / "g.safetensors")

@@ -444,8 +444,10 @@ class DeepConfuse(Attack):
     Presets: ``fast`` — a CPU budget of ~15 minutes for 28x28 data (measured numbers in the module docstring);
     ``smoke`` — a few seconds, for contract tests. Alternating-update batches are drawn with replacement.
     ``time_limit`` bounds the seconds of training: a trial starts only if, at the mean pace of the trials so far,
-    it would end within the limit; when it cuts a run short the result depends on the machine's speed, not only
-    on ``seed``.
+    it would end within the limit, and a trial still running at the limit (the first, on images larger than 32 x 32
+    on a CPU: the ``fast`` preset's 376 steps take ~21 minutes at 64 x 64 in colour on two cores) stops its
+    alternating steps there, is scored, and ends the run with a warning; when it cuts a run short the result depends
+    on the machine's speed, not only on ``seed``.
 
     >>> attack = DeepConfuse(eps=0.3, preset="fast", seed=0)
     >>> poisoned = attack.poison(train)
@@ -471,7 +473,7 @@ class DeepConfuse(Attack):
     score_epochs: int = 2  # epochs of a scoring victim (package recipe)
     score_min_steps: int = 0  # a scoring victim trains at least this many SGD steps (TrainConfig.min_steps)
     victim: str = "cnn"  # scoring victim architecture
-    time_limit: float = 0.0  # seconds of generator training; no trial starts that would end past it (0: none)
+    time_limit: float = 0.0  # seconds of generator training: no trial starts, or runs on, past it (0: none)
 
     name = "deepconfuse"
     presets = {
@@ -596,21 +598,29 @@ class DeepConfuse(Attack):
                         trainer.sched.load_state_dict(state["classifier"]["sched"])
                         set_rng_state(state["rng"], gen)
                         start = first_step
-                saved = time.perf_counter()
+                saved = began = time.perf_counter()
+                done = steps
                 for step in range(start, steps):
                     idx = torch.randint(0, len(y), (self.batch_size,), generator=gen).to(device)
                     self._step(trainer, g_train, g_frozen, g_opt, x[idx], y[idx], data.num_classes)
                     advance(1)
+                    if self.time_limit and step + 1 < steps and time.perf_counter() - t0 >= self.time_limit:
+                        done = step + 1  # a trial longer than the limit (large images on a CPU) stops here
+                        pace = (time.perf_counter() - began) / (done - start)
+                        self._say_cut(trial, done, steps, pace, data.image_size)
+                        break
                     if self.checkpoint and step + 1 < steps and time.perf_counter() - saved >= self.save_every_s:
                         save(trial, step + 1, trainer)
                         saved = time.perf_counter()
                 g_frozen.load_state_dict(g_train.state_dict())
                 score = self._score(g_frozen, data, train_idx, hold_idx, trial)
-                self.history_.append({"trial": trial + 1, **score, "seconds": round(time.perf_counter() - t0, 1)})
+                self.history_.append({"trial": trial + 1, **score, "steps": done,
+                                      "seconds": round(time.perf_counter() - t0, 1)})
                 log.info("deepconfuse trial %d: %s", trial + 1, self.history_[-1])
                 bar_total = None  # the bar shows the trials that the time limit will let run
                 if self.time_limit:
                     bar_total = max(trial + 1, self._trials_within_limit(time.perf_counter() - t0, trial + 1)) * steps
+                    bar_total = bar_total if done == steps else trial * steps + done
                 advance(0, status=f"acc {score['clean_acc']:.1%}", total=bar_total)
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:
@@ -620,6 +630,12 @@ class DeepConfuse(Attack):
         self.generator_.cpu().eval()
         self.finish_state()
         return self
+
+    def _say_cut(self, trial: int, done: int, steps: int, pace: float, size: tuple[int, int]) -> None:
+        log.warning("deepconfuse: trial %d stopped after %d of its %d alternating steps at the time limit of %.0f s "
+                    "(%.2f s a step on %d x %d images), and it is the last: the generator is undertrained "
+                    "(--set time_limit=0 lets every trial finish)", trial + 1, done, steps, self.time_limit, pace,
+                    *size)
 
     def _trials_within_limit(self, seconds: float, done: int) -> int:
         """How many trials end within :attr:`time_limit` at the pace of the ``done`` trials that took ``seconds``."""

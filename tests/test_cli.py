@@ -422,6 +422,8 @@ def test_deepconfuse_poison_saves_its_generator_for_protect(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["artifacts"]["generator.safetensors"]["eps"] == pytest.approx(0.3)
     assert "generator.safetensors" in manifest["sha256"]
+    trials = manifest["outcome"]["holdout_clean_acc"]  # what the trials scored, in the manifest and in `info`
+    assert len(trials) == 2 and f"holdout_clean_acc={trials}" in run("info", str(out), check_rc=0).stdout
     from unlearnable.data import export_png, load_set
 
     export_png({"train": load_set(out).subset(np.arange(40)), "test": load_set(out).subset(np.arange(40, 60))},

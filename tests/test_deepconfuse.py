@@ -103,6 +103,10 @@ def test_contract_budget_dtype_shape(tiny, tiny_set):
     assert (d > 0).mean() > 0.5  # a dense perturbation
     assert poisoned.provenance["method"] == "deepconfuse"
     assert len(attack.history_) == TINY["trials"]
+    scores = [h["clean_acc"] for h in attack.history_]  # the manifest's record of the trials: the kept one the best
+    outcome = poisoned.provenance["outcome"]
+    assert outcome["holdout_clean_acc"] == pytest.approx(scores, abs=1e-4) and not outcome["cut_by_time_limit"]
+    assert scores[outcome["kept_trial"] - 1] == min(scores) and (outcome["trained_on"], outcome["holdout"]) == (500, 100)
 
 
 def test_deterministic_under_seed(tiny, tiny_set):
@@ -210,7 +214,7 @@ def test_time_limit_stops_a_trial_that_runs_past_it(tiny_set, monkeypatch, caplo
     attack = DeepConfuse(**{**TINY, "trials": 3, "trial_min_steps": 20, "time_limit": 55.0})
     with caplog.at_level("WARNING", logger=module.__name__):
         attack.fit(tiny_set)
-    assert [h["steps"] for h in attack.history_] == [6]
+    assert [h["steps"] for h in attack.history_] == [6] and attack.outcome()["cut_by_time_limit"]
     assert "trial 1 stopped after 6 of its 20 alternating steps at the time limit of 55 s" in caplog.text
     caplog.clear()
     attack = DeepConfuse(**{**TINY, "trials": 2, "trial_min_steps": 20, "time_limit": 500.0})

@@ -98,8 +98,8 @@ def test_em_default_stop_error_depends_on_the_mode(monkeypatch, mode, rounds):
 
     monkeypatch.setattr(EM, "_error", lambda self, *a: 0.05)
     em = EM(eps=8 / 255, mode=mode, steps=1, max_rounds=3, train_steps=0, model_width=8, sweep_portion=1.0)
-    em.poison(synthetic(40))
-    assert em.rounds_ == rounds
+    poisoned = em.poison(synthetic(40))
+    assert em.rounds_ == rounds and poisoned.provenance["outcome"] == {"rounds": rounds, "surrogate_error": 0.05}
 
 
 # ------------------------------------------------------------------------------------------------------- REM
@@ -114,8 +114,10 @@ def test_rem_inner_attack_maximises_and_the_noise_minimises(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PGD, "run", spy)
-    REM(eps=8 / 255, rho=4 / 255, train_steps=1, steps=1, eot=1, adv_steps=1, batch_size=16, model_width=8,
-        seed=0).poison(synthetic(16))
+    rem = REM(eps=8 / 255, rho=4 / 255, train_steps=1, steps=1, eot=1, adv_steps=1, batch_size=16, model_width=8,
+              seed=0)
+    poisoned = rem.poison(synthetic(16))
+    assert poisoned.provenance["outcome"] == {"surrogate_error": round(rem.final_error_, 4)}  # kept in the manifest
     assert {m for e, m in runs if e == 4} == {True}
     assert {m for e, m in runs if e == 8} == {False}
 

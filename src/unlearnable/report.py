@@ -38,6 +38,13 @@ def mean_ssim(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     return float(np.mean(vals))
 
 
+def _brief(value) -> str:
+    """A manifest value for one line: a long list as its ends and its length."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(map(str, value[:3]))}, ..., {', '.join(map(str, value[-3:]))}] ({len(value)})"
+    return str(value)
+
+
 def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
     """A saved set's manifest, and its perturbation norms and PSNR / SSIM against the clean images; with ``grid``,
     also :func:`set_grid` written there (from the same loaded images)."""
@@ -50,6 +57,8 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
         before = p.get("resumed_after_seconds")
         lines.append(f"changed:    {len(p.get('changed', []))} samples; crafting {p.get('crafting_seconds')} s"
                      + (f" ({before} s of it before an interruption)" if before else ""))
+        if p.get("outcome"):
+            lines.append("outcome:    " + ", ".join(f"{k}={_brief(v)}" for k, v in p["outcome"].items()))
     for q in [*p.get("purified_before", []), *([p["purified_by"]] if "purified_by" in p else [])]:
         only = (f"; only the {len(q.get('flagged', []))} samples flagged by {q['only_flagged_by']}"
                 if "only_flagged_by" in q else "")

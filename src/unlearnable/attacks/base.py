@@ -110,6 +110,9 @@ class Attack(GivenFields, Resumable):
                       "changed": index[moved].tolist(), "crafting_seconds": round(seconds, 2)}
         if self.resumed_seconds:
             provenance["resumed_after_seconds"] = round(self.resumed_seconds, 2)
+        outcome = self.outcome()
+        if outcome:
+            provenance["outcome"] = outcome
         artifacts = {name: meta for name, (_, meta) in self.artifacts().items()}
         if artifacts:
             provenance["artifacts"] = artifacts
@@ -120,6 +123,12 @@ class Attack(GivenFields, Resumable):
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def outcome(self) -> dict[str, Any]:
+        """What crafting measured that the parameters do not say, kept in the manifest as ``outcome`` and shown by
+        ``unlearnable info`` (EM: its rounds and the surrogate's final error; DeepConfuse: its trials). Read after
+        :meth:`craft`; most attacks: nothing."""
+        return {}
 
     def artifacts(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Files a trained attack leaves for reuse, saved next to the poisoned set: ``{file name: (bytes, config)}``

@@ -549,6 +549,7 @@ class DeepConfuse(Attack):
                           label_smoothing=0.0, schedule="constant", amp=False, channels_last=False,
                           augment=self.augment, seed=self.seed, device=str(device))
         steps = max(1, int(self.epochs_per_trial * math.ceil(len(y) / self.batch_size)), self.trial_min_steps)
+        self.plan_ = {"trained_on": len(train_idx), "holdout": len(hold_idx), "steps_per_trial": steps}
         best, self.history_ = math.inf, []
         self.__dict__.pop("generator_", None)  # a previous fit's generator is not this run's best
         first_trial, first_step, elapsed = 0, 0, 0.0
@@ -702,6 +703,18 @@ class DeepConfuse(Attack):
         pred = predict(model, torch.from_numpy(hold.x)).cpu().numpy()
         return {"clean_acc": float((pred == hold.y).mean()),
                 "target_rate": float((pred == (hold.y + 1) % data.num_classes).mean())}
+
+    def outcome(self) -> dict[str, Any]:
+        """The run's trials: how many, which one's generator was kept, each one's score on the holdout (clean
+        accuracy, or with ``targeted`` the share put in eta(y)), the split, and whether the time limit cut the last
+        trial short."""
+        if not getattr(self, "history_", None):
+            return {}
+        key = "target_rate" if self.targeted else "clean_acc"
+        scores = [h[key] for h in self.history_]
+        kept = scores.index(max(scores) if self.targeted else min(scores))  # the first best, as fit keeps it
+        return {"trials": len(scores), "kept_trial": kept + 1, f"holdout_{key}": [round(v, 4) for v in scores],
+                **self.plan_, "cut_by_time_limit": self.history_[-1]["steps"] < self.plan_["steps_per_trial"]}
 
     def artifacts(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """The trained generator, saved as ``generator.safetensors`` next to a poisoned set (``unlearnable poison``)

@@ -157,6 +157,12 @@ class EM(Attack):
         self.finish_state()
         return out, data.y[index]
 
+    def outcome(self) -> dict:
+        """The rounds crafting took and the surrogate's error on the poisoned samples when it stopped."""
+        if not hasattr(self, "rounds_"):
+            return {}
+        return {"rounds": self.rounds_, "surrogate_error": round(self.final_error_, 4)}
+
     def _swept(self, index: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The poisoned samples a sweep and the stop check cover: class-wise, a stratified ``sweep_portion`` of
         them (at least one of each class), drawn once from the seed; sample-wise, all."""

@@ -90,6 +90,10 @@ class REM(Attack):
         check(self.step_size is None or self.step_size > 0, "step_size must be positive")
         check(self.adv_step_size is None or self.adv_step_size > 0, "adv_step_size must be positive")
 
+    def outcome(self) -> dict:
+        """The surrogate's error on the poisoned samples (their perturbation applied) after crafting."""
+        return {"surrogate_error": round(self.final_error_, 4)} if hasattr(self, "final_error_") else {}
+
     def craft(self, data: ImageSet, index: np.ndarray):
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)

@@ -55,10 +55,12 @@ Fashion-MNIST, eps 0.3, victim ``cnn`` with the package recipe, 3 epochs on the 
   the preset's (``gen_lr=0.01``) 21.9 / 44.0 / 28.8% at seeds 0-2 (session 38); the generator's batch-norm running
   statistics recomputed with its final weights (its eval-mode output 9-13% of eps RMS from the training-mode one
   before, 5.8-6.5% after) 24.7 / 25.6 / 24.2%, and the victim's own architecture as the surrogate (``surrogate="cnn"``,
-  5 trials within the 900 s) 27.4 / 30.4 / 38.7% (session 39). Each of those figures is one victim: five victims
-  (seeds 0-4) of one generator spread 11-13 points (24.9-35.7% for the preset's seed 0), so three such runs could not
-  tell levers apart by less than ~6-8 points; with five victims each the preset's seeds 0-3 average 25.5% and the
-  two-trial classifier's 22.5% (14.3% at its seed 1, 27.2% at seed 3: inside the generators' spread; session 40);
+  5 trials within the 900 s) 27.4 / 30.4 / 38.7% (session 39); 12 trials within the 900 s on an AMX Xeon kept trial
+  5 at seeds 0-1, as the preset's 8 do, so the victims were the same (session 56). Each of those figures is one
+  victim: five victims (seeds 0-4) of one generator spread 11-13 points (24.9-35.7% for the preset's seed 0), so three
+  such runs could not tell levers apart by less than ~6-8 points; with five victims each the preset's seeds 0-3
+  average 25.5% and the two-trial classifier's 22.5% (14.3% at its seed 1, 27.2% at seed 3: inside the generators'
+  spread; session 40);
 - ``protect``: ~4,000-5,800 images/s on 28x28 (1 or 2 threads, batch 128-512; it varied with the load),
   ~700 (1 thread) to ~1,300 (2 threads) images/s on 32x32x3 with the U-Net; on the slower Zen 1 ~2,500 images/s
   on 28x28 and ~350 on 32x32x3, and 4,297 / 535 since ``protect`` folds the batch norms, runs channels_last and

@@ -621,9 +621,9 @@ class DeepConfuse(Attack):
                                       "seconds": round(time.perf_counter() - t0, 1)})
                 log.info("deepconfuse trial %d: %s", trial + 1, self.history_[-1])
                 bar_total = None  # the bar shows the trials that the time limit will let run
-                if self.time_limit:
-                    bar_total = max(trial + 1, self._trials_within_limit(time.perf_counter() - t0, trial + 1)) * steps
-                    bar_total = bar_total if done == steps else trial * steps + done
+                if self.time_limit:  # (a trial cut short is the last: the bar ends where it stopped)
+                    within = max(trial + 1, self._trials_within_limit(time.perf_counter() - t0, trial + 1)) * steps
+                    bar_total = within if done == steps else trial * steps + done
                 advance(0, status=f"acc {score['clean_acc']:.1%}", total=bar_total)
                 key = -score["target_rate"] if self.targeted else score["clean_acc"]
                 if key < best:

@@ -106,7 +106,8 @@ def test_contract_budget_dtype_shape(tiny, tiny_set):
     scores = [h["clean_acc"] for h in attack.history_]  # the manifest's record of the trials: the kept one the best
     outcome = poisoned.provenance["outcome"]
     assert outcome["holdout_clean_acc"] == pytest.approx(scores, abs=1e-4) and not outcome["cut_by_time_limit"]
-    assert scores[outcome["kept_trial"] - 1] == min(scores) and (outcome["trained_on"], outcome["holdout"]) == (500, 100)
+    assert scores[outcome["kept_trial"] - 1] == min(scores)
+    assert (outcome["trained_on"], outcome["holdout"]) == (500, 100)
 
 
 def test_deterministic_under_seed(tiny, tiny_set):

@@ -93,25 +93,19 @@ def build(cls: type, kind: str, options: dict[str, Any]) -> Any:
     Presets are the class attribute ``presets: dict[str, dict]``; options given explicitly win over a preset.
     """
     options = dict(options)
-    given = set(options)
     preset = options.pop("preset", None)
     if preset == NO_PRESET:
         preset = None
     if preset is not None:
-        options = {**preset_options(cls, preset, kind), **options, "preset": preset}
+        preset_options(cls, preset, kind)  # an unknown preset's error names the method as the caller did
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UnlearnableError(f"{kind} has no parameter {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
     typed = {k: _coerce(k, v, hints[k]) for k, v in options.items()}
-    preset = typed.pop("preset", None)
-    method = cls(**typed)  # the preset is merged already: set after, so __post_init__ does not apply it again
-    if preset is not None:
-        method.preset = preset
-    if isinstance(method, GivenFields):  # the fields the caller named, not those the preset filled
-        method.__dict__["_given"] = frozenset(given)
-    return method
+    # the preset fills the fields not named here, in __post_init__ (apply_preset), as for a direct constructor call
+    return cls(**typed, **({} if preset is None else {"preset": preset}))
 
 
 def typed_kwargs(fn: Any, kind: str, options: dict[str, Any], passed: tuple[str, ...] = ()) -> dict[str, Any]:

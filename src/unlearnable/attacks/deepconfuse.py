@@ -625,7 +625,7 @@ class DeepConfuse(Attack):
                     within = max(trial + 1, self._trials_within_limit(time.perf_counter() - t0, trial + 1)) * steps
                     bar_total = within if done == steps else trial * steps + done
                 advance(0, status=f"acc {score['clean_acc']:.1%}", total=bar_total)
-                key = -score["target_rate"] if self.targeted else score["clean_acc"]
+                key = self._rank(score)
                 if key < best:
                     best, self.generator_ = key, copy.deepcopy(g_frozen).eval()
                 if self.checkpoint:
@@ -633,6 +633,10 @@ class DeepConfuse(Attack):
         self.generator_.cpu().eval()
         self.finish_state()
         return self
+
+    def _rank(self, score: dict[str, float]) -> float:
+        """A trial's rank, lowest best: the holdout's clean accuracy (``targeted``: minus its rate in eta(y))."""
+        return -score["target_rate"] if self.targeted else score["clean_acc"]
 
     def _say_cut(self, trial: int, done: int, steps: int, pace: float, size: tuple[int, int]) -> None:
         log.warning("deepconfuse: trial %d stopped after %d of its %d alternating steps at the time limit of %.0f s "
@@ -713,9 +717,9 @@ class DeepConfuse(Attack):
         if not getattr(self, "history_", None):
             return {}
         key = "target_rate" if self.targeted else "clean_acc"
-        scores = [h[key] for h in self.history_]
-        kept = scores.index(max(scores) if self.targeted else min(scores))  # the first best, as fit keeps it
-        return {"trials": len(scores), "kept_trial": kept + 1, f"holdout_{key}": [round(v, 4) for v in scores],
+        kept = min(range(len(self.history_)), key=lambda i: self._rank(self.history_[i]))  # the first best, kept
+        scores = [round(h[key], 4) for h in self.history_]
+        return {"trials": len(scores), "kept_trial": kept + 1, f"holdout_{key}": scores,
                 **self.plan_, "cut_by_time_limit": self.history_[-1]["steps"] < self.plan_["steps_per_trial"]}
 
     def artifacts(self) -> dict[str, tuple[bytes, dict[str, Any]]]:

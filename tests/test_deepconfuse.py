@@ -242,7 +242,8 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
 
 
 @pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40),
-                                                  ("unet-official", 3, 32), ("unet-official", 1, 28)])
+                                                  ("unet-official", 3, 32), ("unet-official", 1, 28),
+                                                  ("deep-official", 3, 64), ("deep-official", 1, 28)])
 def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, size):
     """``protect`` folds the batch norms, changes the memory layout and (one output channel) computes the output
     convolution as a depthwise convolution and a channel sum: the perturbation must not change."""
@@ -255,12 +256,33 @@ def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, s
     gen.eval()
     fast = _inference_copy(gen)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    assert isinstance(fast.head[0], _ChannelSumConv) == (channels == 1)
+    assert isinstance(fast.head[0], _ChannelSumConv) == (channels == 1 and arch != "deep-official")  # not transposed
     x = torch.rand(5, channels, size, size)
     with torch.no_grad():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), gen(x), atol=1e-5,
                                    rtol=0)
     assert not gen.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())  # untouched
+
+
+def test_official_imagenet_generator_is_the_official_network(tmp_path):
+    """``deep-official`` is kingfengji/DeepConfuse's ImageNet generator (``ImageNet/train_binary.py``'s
+    ``Autoencoder``): 346,659 weights for colour images (counted on the official class), four 4x4 stride-2 convs at
+    16-128 channels and transposed convs back, tanh with no batch norm before it; it saves, reloads and protects."""
+    g = build_generator("deep-official", 3, 64, eps=0.1)
+    assert type(g).__name__ == "OfficialImageNetAE" and sum(p.numel() for p in g.parameters()) == 346_659
+    convs = [m for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == \
+        [(c, (4, 4), (2, 2)) for c in (16, 32, 64, 128, 64, 32, 16, 3)]
+    assert isinstance(g.head[-1], torch.nn.Tanh) and not isinstance(g.head[-2], torch.nn.BatchNorm2d)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        g.train()(torch.rand(8, 3, 64, 64))
+    again = load_generator(save_generator(g.eval(), tmp_path / "g.safetensors"))
+    assert type(again) is type(g) and again.config == g.config
+    x = (torch.rand(4, 3, 64, 64) * 255).to(torch.uint8).numpy()
+    out = protect(again, x)
+    assert np.abs(out.astype(int) - x).max() <= 25
+    np.testing.assert_array_equal(out, protect(g, x))
 
 
 def test_protect_and_load_reject_bad_input(tiny, tmp_path):
@@ -305,7 +327,7 @@ def test_protect_warns_at_an_image_size_the_generator_never_saw(tiny, caplog):
 
 
 @pytest.mark.parametrize("channels,size,asked,arch", [(1, 28, "auto", "ae"), (3, 32, "auto", "unet"),
-                                                      (3, 64, "auto", "deep"), (1, 30, "ae", "ae")])
+                                                      (3, 64, "auto", "deep-official"), (1, 30, "ae", "ae")])
 def test_generator_sized_to_data(channels, size, asked, arch, tmp_path):
     g = build_generator(asked, channels, size, eps=8 / 255)
     assert g.config["arch"] == arch
@@ -337,11 +359,11 @@ def test_official_unet_is_the_official_network(tmp_path):
 
 def test_generator_keeps_height_and_width(tmp_path, caplog):
     """A generator kept its training images' height only: 48 x 40 images warned they were not its 48 x 48, and
-    28 x 96 images got the small 28-px autoencoder while 96 x 28 ones got the deep one."""
+    28 x 96 images got the small 28-px autoencoder while 96 x 28 ones got the one for larger images."""
     from unlearnable.attacks.deepconfuse import load_generator, protect, trained_size
 
     wide, tall = build_generator("auto", 3, (28, 96), eps=8 / 255), build_generator("auto", 3, (96, 28), eps=8 / 255)
-    assert wide.config["arch"] == tall.config["arch"] == "deep"
+    assert wide.config["arch"] == tall.config["arch"] == "deep-official"
     g = load_generator(save_generator(build_generator("auto", 3, (48, 40), eps=8 / 255), tmp_path / "g.safetensors"))
     assert trained_size(g.config) == (48, 40) and trained_size({"image_size": 28}) == (28, 28)  # and older files
     with caplog.at_level("WARNING"):

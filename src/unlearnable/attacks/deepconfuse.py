@@ -478,10 +478,10 @@ class DeepConfuse(Attack):
     Presets: ``fast`` — a CPU budget of ~15 minutes for 28x28 data (measured numbers in the module docstring);
     ``smoke`` — a few seconds, for contract tests. Alternating-update batches are drawn with replacement.
     ``time_limit`` bounds the seconds of training: a trial starts only if, at the mean pace of the trials so far,
-    it would end within the limit, and a trial still running at the limit (the first, on images larger than 32 x 32
-    on a CPU: the ``fast`` preset's 376 steps take ~21 minutes at 64 x 64 in colour on two cores) stops its
-    alternating steps there, is scored, and ends the run with a warning; when it cuts a run short the result depends
-    on the machine's speed, not only on ``seed``.
+    it would end within the limit, and a trial still running at the limit (the first, on large images on a CPU: the
+    ``fast`` preset's 376 steps at 64 x 64 in colour on two cores took ~21 minutes with ``deep``, ~10 with the
+    default ``deep-official``) stops its alternating steps there, is scored, and ends the run with a warning; when
+    it cuts a run short the result depends on the machine's speed, not only on ``seed``.
 
     >>> attack = DeepConfuse(eps=0.3, preset="fast", seed=0)
     >>> poisoned = attack.poison(train)

@@ -511,6 +511,30 @@ def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train,
     assert not (tmp_path / "new").exists()
 
 
+def test_import_generator_makes_an_official_generator_ours_for_protect(tmp_path):
+    """A state dict of the official MNIST generator becomes a generator file that ``protect`` uses; a file that is
+    not one, or a layout it does not fit, is one line and no output."""
+    import torch
+
+    from unlearnable.attacks.deepconfuse import build_generator
+
+    official = {f"layer{i}": t for i, t in enumerate(build_generator("ae-official", 1, 28, 0.3).state_dict().values())}
+    torch.save(official, tmp_path / "atk.pt")  # the official tensors in the official order, under other names
+    err = run("import-generator", str(tmp_path / "atk.pt"), "--arch", "ae-official", "--eps", "0.3", "--out",
+              str(tmp_path / "g.safetensors"), check_rc=0).stderr
+    assert "ae-official generator at eps 0.3 (288,963 weights)" in err, err
+    x, y = np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8), np.arange(20) % 2
+    np.savez(tmp_path / "new.npz", x=x, y=y)
+    run("protect", "-g", str(tmp_path / "g.safetensors"), "--data", f"npz:{tmp_path / 'new.npz'}", "--out",
+        str(tmp_path / "out"), check_rc=0)
+    assert "not its weights" in one_line_error(run(
+        "import-generator", str(tmp_path / "atk.pt"), "--arch", "deep-official", "--eps", "0.1", "--out",
+        str(tmp_path / "h.safetensors"), subprocess_=True))
+    assert not (tmp_path / "h.safetensors").exists()
+    assert "exists" in one_line_error(run("import-generator", str(tmp_path / "atk.pt"), "--arch", "ae-official",
+                                          "--eps", "0.3", "--out", str(tmp_path / "g.safetensors"), subprocess_=True))
+
+
 def test_protect_png_keeps_every_image_of_a_folder_under_its_name(tmp_path, monkeypatch):
     """The data owner's use: a folder in, the same tree of protected PNGs out (the 20% a folder's split would hold
     out included), each file within the generator's budget; a saved set says which images it leaves out."""

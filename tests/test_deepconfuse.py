@@ -243,7 +243,8 @@ def test_saved_generator_reloads_identically(tiny, small_test, tmp_path):
 
 @pytest.mark.parametrize("arch, channels, size", [("ae", 1, 28), ("unet", 3, 32), ("deep", 3, 40),
                                                   ("unet-official", 3, 32), ("unet-official", 1, 28),
-                                                  ("deep-official", 3, 64), ("deep-official", 1, 28)])
+                                                  ("deep-official", 3, 64), ("deep-official", 1, 28),
+                                                  ("ae-official", 1, 28)])
 def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, size):
     """``protect`` folds the batch norms, changes the memory layout and (one output channel) computes the output
     convolution as a depthwise convolution and a channel sum: the perturbation must not change."""
@@ -256,7 +257,8 @@ def test_protect_inference_copy_computes_the_same_perturbation(arch, channels, s
     gen.eval()
     fast = _inference_copy(gen)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
-    assert isinstance(fast.head[0], _ChannelSumConv) == (channels == 1 and arch != "deep-official")  # not transposed
+    transposed = arch in ("deep-official", "ae-official")
+    assert isinstance(fast.head[0], _ChannelSumConv) == (channels == 1 and not transposed)
     x = torch.rand(5, channels, size, size)
     with torch.no_grad():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), gen(x), atol=1e-5,
@@ -283,6 +285,71 @@ def test_official_imagenet_generator_is_the_official_network(tmp_path):
     out = protect(again, x)
     assert np.abs(out.astype(int) - x).max() <= 25
     np.testing.assert_array_equal(out, protect(g, x))
+
+
+def _official_mnist_layout() -> torch.nn.Module:
+    """kingfengji/DeepConfuse's MNIST generator as its file stores it (``MNIST/models.py``, ``Autoencoder``):
+    ``encoder`` and ``decoder`` Sequentials, layer for layer, so its ``state_dict`` has the official names."""
+    nn = torch.nn
+    m = nn.Module()
+    m.encoder = nn.Sequential(nn.Conv2d(1, 16, 3, 3, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2, 2),
+                              nn.Conv2d(16, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 1))
+    m.decoder = nn.Sequential(nn.ConvTranspose2d(64, 128, 3, 2), nn.BatchNorm2d(128), nn.ReLU(),
+                              nn.ConvTranspose2d(128, 64, 5, 3, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                              nn.ConvTranspose2d(64, 1, 2, 2, 1), nn.BatchNorm2d(1), nn.Tanh())
+    m.forward = lambda x: m.decoder(m.encoder(x))
+    return m
+
+
+def test_official_mnist_generator_is_the_official_network(tmp_path):
+    """``ae-official`` is the official MNIST generator: 288,963 weights (counted on the official class), its five
+    convolutions, 28 x 28 grey images only; an official weight file imports into it and computes eps times the
+    official output; it saves, reloads and protects within the budget."""
+    from unlearnable.attacks.deepconfuse import import_official_generator
+
+    g = build_generator("ae-official", 1, 28, eps=0.3)
+    assert type(g).__name__ == "OfficialMnistAE" and sum(p.numel() for p in g.parameters()) == 288_963
+    convs = [m for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == \
+        [(16, 3, 3), (64, 3, 2), (128, 3, 2), (64, 5, 3), (1, 2, 2)]
+    for channels, size in ((1, 32), (3, 28)):
+        with pytest.raises(UnlearnableError, match="28 x 28 grey images only"):
+            build_generator("ae-official", channels, size, eps=0.3)
+    official = _official_mnist_layout()
+    torch.manual_seed(0)
+    with torch.no_grad():  # batch-norm statistics and weights that are not the defaults
+        official.train()(torch.rand(64, 1, 28, 28))
+    torch.save(official.state_dict(), tmp_path / "atk.pt")
+    imported = import_official_generator(tmp_path / "atk.pt", "ae-official", eps=0.3)
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), 0.3 * official.eval()(x), atol=1e-6, rtol=0)
+        with pytest.raises(UnlearnableError, match="28 x 28 images only"):
+            imported(torch.rand(2, 1, 32, 32))
+    again = load_generator(save_generator(imported, tmp_path / "g.safetensors"))
+    assert type(again) is type(imported) and again.config["arch"] == "ae-official" and not again.config["targeted"]
+    assert import_official_generator(tmp_path / "atk.pt", "ae-official", eps=0.3, targeted=True).config["targeted"]
+    images = (x * 255).to(torch.uint8).numpy()
+    out = protect(again, images)
+    assert 0 < np.abs(out.astype(int) - images).max() <= 76
+    np.testing.assert_array_equal(out, protect(imported, images))
+
+
+def test_import_official_generator_rejects_what_is_not_one(tmp_path):
+    from unlearnable.attacks.deepconfuse import import_official_generator
+
+    torch.save(_official_mnist_layout().state_dict(), tmp_path / "atk.pt")
+    with pytest.raises(UnlearnableError, match="not its weights"):  # the MNIST weights into the ImageNet layout
+        import_official_generator(tmp_path / "atk.pt", "deep-official", eps=0.1)
+    with pytest.raises(UnlearnableError, match="official layouts"):
+        import_official_generator(tmp_path / "atk.pt", "ae", eps=0.3)
+    with pytest.raises(UnlearnableError, match="eps"):
+        import_official_generator(tmp_path / "atk.pt", "ae-official", eps=0)
+    with pytest.raises(UnlearnableError, match="no official generator file"):
+        import_official_generator(tmp_path / "missing.pt", "ae-official", eps=0.3)
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UnlearnableError, match="not a torch state dict"):
+        import_official_generator(tmp_path / "junk.pt", "ae-official", eps=0.3)
 
 
 def test_protect_and_load_reject_bad_input(tiny, tmp_path):

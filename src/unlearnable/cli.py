@@ -402,6 +402,30 @@ def protect(
         _say_renamed(protected)
 
 
+@app.command("import-generator")
+def import_generator(
+    official: Path = typer.Argument(..., help="a generator file of kingfengji/DeepConfuse (a torch state dict: "
+                                    "MNIST/pretrained/atkmnist_best.pt, ImageNet/pretrained/atk.0.100.best.pth)"),
+    arch: str = typer.Option(..., help="its layout: ae-official (MNIST), unet-official (CIFAR), deep-official "
+                             "(ImageNet)"),
+    eps: str = typer.Option(..., help="the budget the official code scales its output by (MNIST 0.3, CIFAR "
+                            "8/255 = 0.032, ImageNet 0.1)"),
+    eps_unit: str = typer.Option("unit", help="unit of --eps: 'unit' ([0, 1] scale) or 'levels' (0..255)"),
+    targeted: bool = typer.Option(False, help="it was trained towards eta(y) = y + 1 (MNIST/pretrained/"
+                                  "atkmnist_target_best.pt); recorded in its config"),
+    out: Path = typer.Option(..., "--out", "-o", help="the .safetensors file to write, for protect --generator"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+) -> None:
+    """Turn an official DeepConfuse generator (kingfengji/DeepConfuse) into ours, for `protect --generator OUT`."""
+    _check_out_file(out, "--out", overwrite, ".safetensors", str(official))
+    from .attacks.deepconfuse import import_official_generator, save_generator
+    from .params import parse_eps
+
+    gen = import_official_generator(official, arch, parse_eps(eps, eps_unit), targeted)
+    save_generator(gen, out)
+    _say(f"{arch} generator at eps {gen.eps:g} ({sum(p.numel() for p in gen.parameters()):,} weights) -> {out}")
+
+
 def _say_renamed(parts: dict) -> None:
     """Name the files an exported tree could not keep under their own names (clashes: a.jpg beside a.png)."""
     from .data.store import renamed_files

@@ -19,6 +19,11 @@ and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the tr
 trains each ``victims`` victim once per seed and reports the means, with the runs and their standard deviation
 beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as curves (PNG) with the clean victim as a dashed
 line, after training that victim too. One JSON line per result goes to ``--json``.
+
+The official pretrained generators (``kingfengji/DeepConfuse``, e.g. ``MNIST/pretrained/atkmnist_best.pt``) run
+through ``victims`` once imported: ``unlearnable import-generator FILE --arch ae-official --eps 0.3 [--targeted]
+--out G.safetensors``; a targeted generator's rows add ``target_rate``, the share of clean test images each victim
+puts in eta(y) = (y + 1) mod C.
 """
 from __future__ import annotations
 
@@ -112,8 +117,7 @@ def main() -> None:
                    "trials": len(attack.history_), "victim": "cnn", "acc": result.test_acc,
                    "peak": result.peak_test_acc}
             if attack.targeted:  # the paper's label-specific success: clean test images the victim puts in eta(y)
-                pred = predict(result.model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
-                row["target_rate"] = float((pred == (test_set.y + 1) % test_set.num_classes).mean())
+                row["target_rate"] = target_rate(result.model, test_set)
             rows.append(record(row))
         if args.plot and args.experiment == "eps-sweep":
             plot = curve_plot({"DeepConfuse": ([r["eps"] for r in rows], [r["acc"] for r in rows])}, args.plot,
@@ -151,11 +155,14 @@ def main() -> None:
 
     if args.experiment == "victims":
         cfg = dataclasses.replace(cfg, eval_every=args.epochs)  # only the final accuracy is reported
+        targeted = generator.config.get("targeted", False)
         for name in args.victims.split(","):
             clean = victim_runs(victim_set(train_set), test_set, name, cfg, seeds)
             bad = victim_runs(victim_set(protected), test_set, name, cfg, seeds)
+            rates = [target_rate(r.model, test_set) for r in bad] if targeted else []
             record({"experiment": "victims", "eps": eps, "victim": name, "victim_seeds": seeds,
                     **summary("clean", [r.test_acc for r in clean]), **summary("acc", [r.test_acc for r in bad]),
+                    **(summary("target_rate", rates) if rates else {}),
                     "train": len(victim_set(train_set)), "fit_s": round(bad[0].seconds, 1)})
     elif args.experiment == "partial":
         rows = []
@@ -193,6 +200,15 @@ def main() -> None:
         path = image_grid(rows, args.png, classes=train_set.classes, labels=np.arange(train_set.num_classes))
         record({"experiment": "svm-weights", "eps": eps, "png": str(path), **accs})
     print(f"protect: {len(train_set)} images in {protect_s:.1f} s ({len(train_set) / protect_s:.0f} images/s)")
+
+
+def target_rate(model, test_set) -> float:
+    """The share of clean test images a victim puts in eta(y) = (y + 1) mod C (the targeted attack's success)."""
+    if isinstance(model, torch.nn.Module):
+        pred = predict(model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
+    else:  # a scikit-learn victim of the registry: it predicts from the uint8 images
+        pred = np.asarray(model.predict(test_set.x))
+    return float((pred == (test_set.y + 1) % test_set.num_classes).mean())
 
 
 if __name__ == "__main__":

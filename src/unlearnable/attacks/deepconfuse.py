@@ -551,7 +551,8 @@ class DeepConfuse(Attack):
       the ``fast`` preset's 900 s cut its one trial at 297 of 376 steps; on 10,000 64 x 64 CIFAR-10 images at eps 0.1
       (upsampled from the colour subset; BENCHMARKS.md, DeepConfuse session 57) its victims (two seeds) reached 54.65 /
       53.90% after 992 s of crafting, the official layout's 51.00 / 52.10% after 712 s with its trial whole (clean 66.05
-      / 67.30%); at generator seed 1, 56.50% against 53.95%.
+      / 67.30%); at generator seeds 1 and 2, 56.50% against 53.95% and 56.35% (330 of 376 steps) against 49.45% (session
+      58).
     - the CIFAR surrogate: the official one is VGG-11 whose features pass through a 1x1 conv to 2 channels before
       the 10-way linear layer (``CIFAR/models/vgg.py``); ours stays ``lenet`` unless ``surrogate`` says otherwise.
     - trial scoring: the official code trains the surrogate's architecture from scratch (plain SGD at ``lr``, 1

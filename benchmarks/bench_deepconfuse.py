@@ -203,11 +203,9 @@ def main() -> None:
 
 
 def target_rate(model, test_set) -> float:
-    """The share of clean test images a victim puts in eta(y) = (y + 1) mod C (the targeted attack's success)."""
-    if isinstance(model, torch.nn.Module):
-        pred = predict(model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
-    else:  # a scikit-learn victim of the registry: it predicts from the uint8 images
-        pred = np.asarray(model.predict(test_set.x))
+    """The share of clean test images a victim (torch or scikit-learn) puts in eta(y) = (y + 1) mod C (the targeted
+    attack's success)."""
+    pred = predict(model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
     return float((pred == (test_set.y + 1) % test_set.num_classes).mean())
 
 

@@ -285,15 +285,15 @@ class OfficialMnistAE(PerturbationGenerator):
 
 
 def import_official_generator(path: str | Path, arch: str, eps: float, targeted: bool = False,
-                              in_channels: int | None = None,
                               image_size: int | tuple[int, int] | None = None) -> PerturbationGenerator:
     """A generator of ``kingfengji/DeepConfuse`` (a ``torch.save``-d state dict: ``MNIST/pretrained/*.pt``,
     ``ImageNet/pretrained/atk.0.100.best.pth``...) as ours: ``arch`` names its layout (``ae-official`` for MNIST,
     ``unet-official`` for CIFAR, ``deep-official`` for ImageNet), ``eps`` the budget the official code multiplies
     its output by (MNIST 0.3, CIFAR 0.032, ImageNet 0.1), ``targeted`` whether it was trained towards eta(y)
-    (``MNIST/pretrained/atkmnist_target_best.pt``; recorded in its config). Our classes hold the official layers in
-    the official order, so the tensors are taken in order, each checked for shape; the result saves with
-    :func:`save_generator` and protects with :func:`protect`."""
+    (``MNIST/pretrained/atkmnist_target_best.pt``; recorded in its config), ``image_size`` the images it will
+    protect (default: the official ones, 28, 32 or 224 px; ``protect`` warns at other sizes). Our classes hold the
+    official layers in the official order, so the tensors are taken in order, each checked for shape; the result
+    saves with :func:`save_generator` and protects with :func:`protect`."""
     official = {"ae-official": (1, 28), "unet-official": (3, 32), "deep-official": (3, 224)}
     check(arch in official, f"arch must be one of {', '.join(official)} (the official layouts), got {arch!r}")
     check(0 < eps <= 1, f"eps must lie in (0, 1], got {eps}")
@@ -308,7 +308,7 @@ def import_official_generator(path: str | Path, arch: str, eps: float, targeted:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UnlearnableError(f"{path} holds no state dict of tensors")
     channels, side = official[arch]
-    gen = build_generator(arch, in_channels or channels, image_size or side, eps, targeted=targeted)
+    gen = build_generator(arch, channels, image_size or side, eps, targeted=targeted)
     ours = gen.state_dict()
     if len(ours) != len(state):
         raise UnlearnableError(f"{path} holds {len(state)} tensors, the {arch} layout {len(ours)}: not its weights")

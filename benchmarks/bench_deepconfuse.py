@@ -14,8 +14,10 @@ clean data (top row) and on protected data (bottom row) (Fig. 10), and their wei
 (``P.clean.npy``, ``P.deepconfuse.npy``) for re-plotting; ``eps-sweep`` trains one generator per budget
 and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the training split on the default device
 (best of ``--repeats`` runs per batch size, after a warm-up batch). Neural victims use the package recipe
-(``--epochs``); ``--subset N`` trains every victim on a seeded stratified subset (resnet18 is ~60 images/s on a
-2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr 0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2``
+(``--epochs``, exactly), or ``--recipe deepconfuse-paper``, the paper's MNIST test protocol (Adam, 2 epochs of
+batch 64, no augmentation; with ``--victims lenet``, its network); ``--subset N`` trains every victim on a seeded
+stratified subset (resnet18 is ~60 images/s on a 2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr
+0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2``
 trains each ``victims`` victim once per seed and reports the means, with the runs and their standard deviation
 beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as curves (PNG) with the clean victim as a dashed
 line, after training that victim too. One JSON line per result goes to ``--json``.
@@ -42,7 +44,7 @@ from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
 from unlearnable.data import load
 from unlearnable.params import parse_sets
 from unlearnable.report import curve_plot
-from unlearnable.training import TrainConfig, predict, resolve_device, train
+from unlearnable.training import RECIPES, TrainConfig, predict, resolve_device, train
 
 
 def main() -> None:
@@ -57,10 +59,13 @@ def main() -> None:
     ap.add_argument("--out", help="where `train` writes the generator")
     ap.add_argument("--victims", default="cnn,convnet,svm-linear,svm-rbf,random-forest")
     ap.add_argument("--ratios", default="0.2,0.4,0.6,0.8,1.0")
-    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="neural victims' epochs")
-    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
-                    help="neural victims' batch (a small subset needs a smaller one to take enough steps)")
-    ap.add_argument("--lr", type=float, default=TrainConfig.lr, help="neural victims' peak learning rate")
+    ap.add_argument("--recipe", default="default", help="neural victims' recipe (`unlearnable list recipes`), e.g. "
+                    "deepconfuse-paper, the paper's MNIST test protocol, with --victims lenet")
+    ap.add_argument("--epochs", type=int, help=f"neural victims' epochs (default: {TrainConfig.epochs}, exactly, "
+                    "with the default recipe; another recipe's own)")
+    ap.add_argument("--batch-size", type=int, help="neural victims' batch (default: the recipe's; a small subset "
+                    "needs a smaller one to take enough steps)")
+    ap.add_argument("--lr", type=float, help="neural victims' peak learning rate (default: the recipe's)")
     ap.add_argument("--subset", type=int, default=0, help="train victims on a seeded subset of N images")
     ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
     ap.add_argument("--victim-seeds", default="", help="`victims`: comma-separated victim seeds (default: --seed); "
@@ -83,9 +88,13 @@ def main() -> None:
 
     train_set, test_set = load(args.data)
     options = parse_sets(args.options)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    base = run_meta(data=args.data, seed=args.seed, victim_epochs=args.epochs, victim_batch_size=args.batch_size,
-                    victim_lr=args.lr, subset=args.subset or None,
+    given = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.recipe == "default" or "epochs" in given:  # exactly --epochs (the trainer's 3), also on a --subset
+        given["min_steps"] = 0
+    cfg = RECIPES.create(args.recipe, seed=args.seed, **given)
+    base = run_meta(data=args.data, seed=args.seed, victim_recipe=args.recipe, victim_epochs=cfg.epochs,
+                    victim_batch_size=cfg.batch_size, victim_lr=cfg.lr, subset=args.subset or None,
                     generator=args.generator if args.experiment not in ("train", "eps-sweep") else None)
 
     def victim_set(data):
@@ -122,7 +131,7 @@ def main() -> None:
         if args.plot and args.experiment == "eps-sweep":
             plot = curve_plot({"DeepConfuse": ([r["eps"] for r in rows], [r["acc"] for r in rows])}, args.plot,
                               "eps (L-inf budget, fraction of the pixel range)", "victim clean test accuracy",
-                              f"{args.data}: victim `cnn` {args.epochs} epochs on protected data (Fig. 4)",
+                              f"{args.data}: victim `cnn` {cfg.epochs} epochs on protected data (Fig. 4)",
                               {"clean training": clean_victim()})
             print(f"plot: {plot}")
         return
@@ -154,7 +163,7 @@ def main() -> None:
     eps = generator.config["eps"]
 
     if args.experiment == "victims":
-        cfg = dataclasses.replace(cfg, eval_every=args.epochs)  # only the final accuracy is reported
+        cfg = dataclasses.replace(cfg, eval_every=cfg.epochs)  # only the final accuracy is reported
         targeted = generator.config.get("targeted", False)
         for name in args.victims.split(","):
             clean = victim_runs(victim_set(train_set), test_set, name, cfg, seeds)
@@ -180,7 +189,7 @@ def main() -> None:
             plot = curve_plot({f"DeepConfuse, eps {eps:g}": (ratios, [r["deepconfuse"] for r in rows]),
                                "random label flip": (ratios, [r["label_flip"] for r in rows])}, args.plot,
                               "fraction of the training set changed", "victim clean test accuracy",
-                              f"{args.data}: victim `cnn` {args.epochs} epochs (Fig. 5)",
+                              f"{args.data}: victim `cnn` {cfg.epochs} epochs (Fig. 5)",
                               {"clean training": clean_victim()})
             print(f"plot: {plot}")
     elif args.experiment == "svm-weights":

@@ -87,6 +87,7 @@ def test_list_is_fast_and_lists():
     (["poison", "--attack", "em", "--set", "preset=fast", "--set", "lr=1/0", "--out", "{tmp}/o"], "cannot read lr"),
     (["purify", "--defense", "nope", "--data", "{tmp}", "--out", "{tmp}/o"], "unknown defense"),
     (["train", "--model", "nope"], "unknown model"),
+    (["train", "--recipe", "nope", "--data", "folder:{tmp}/missing"], "unknown victim recipe 'nope'"),  # data unread
     (["train", "--data", "folder:{tmp}/missing"], "does not exist"),
     (["purify", "--defense", "jpeg", "--data", "{tmp}/missing", "--out", "{tmp}/o"], "no saved set at"),
     (["list", "things"], "unknown kind"),

@@ -9,7 +9,7 @@ from unlearnable.attacks import ATTACKS, create_attack
 from unlearnable.defenses import DEFENSES, create_defense
 from unlearnable.errors import UnlearnableError
 from unlearnable.models import CLASSICAL, MODELS, create_model
-from unlearnable.training import TrainConfig, train
+from unlearnable.training import RECIPES, TrainConfig, train
 
 # Expensive optimisation attacks are contract-tested on fewer images with their cheapest settings (and a narrow
 # surrogate, which also exercises the ``model_width`` path, the TAP / SEP cache of a non-default width included).
@@ -29,6 +29,14 @@ DEFENSE_TEST_OPTIONS: dict[str, dict] = {
 @pytest.fixture(scope="module")
 def tiny(small_train):
     return small_train.take(200, seed=3)
+
+
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_recipe_contract(name, tiny, small_test):
+    cfg = RECIPES.create(name, epochs=1, min_steps=0, seed=2)  # a recipe takes any TrainConfig field as a change
+    assert isinstance(cfg, TrainConfig) and (cfg.epochs, cfg.seed) == (1, 2) and RECIPES.describe(name)
+    r = train(tiny, small_test.take(200), "linear", cfg)
+    assert r.summary()["epochs"] == 1 and 0 <= r.test_acc <= 1
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in CLASSICAL])

@@ -44,6 +44,25 @@ def test_min_steps_trains_a_small_set_more_epochs_tested_as_often(small_train, s
     assert r.summary()["epochs"] == 7
 
 
+def test_the_deepconfuse_paper_recipe_is_its_test_protocol_and_learns(small_train, small_test):
+    """kingfengji/DeepConfuse MNIST/test_model.py: Adam(lr=0.01), batch 64, 2 epochs, plain float32 images."""
+    from unlearnable.errors import UnlearnableError
+    from unlearnable.training import RECIPES, Trainer
+
+    cfg = RECIPES.create("deepconfuse-paper", seed=1)
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.min_steps) == ("adam", 0.01, 64, 2, 1876)
+    assert (cfg.augment, cfg.schedule, cfg.label_smoothing, cfg.weight_decay, cfg.amp) == (False, "constant", 0, 0,
+                                                                                           False)
+    assert cfg.seed == 1  # the changes a recipe is given win
+    trainer = Trainer(torch.nn.Linear(4, 2), cfg, total_steps=10, image_size=28)
+    assert isinstance(trainer.opt, torch.optim.Adam) and trainer.sched.get_last_lr() == [0.01]
+    assert isinstance(Trainer(torch.nn.Linear(4, 2), TrainConfig(), 10, 28).opt, torch.optim.SGD)
+    r = train(small_train.take(2000), small_test, "lenet", cfg.replace(min_steps=128))  # 4 epochs of 32 steps
+    assert r.test_acc >= 0.7, r.test_acc  # 77-81% at seeds 1-3 (chance: 10%)
+    with pytest.raises(UnlearnableError, match="unknown optimizer 'rmsprop'; known: sgd, adam"):
+        TrainConfig(optimizer="rmsprop")
+
+
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True), (False, True, True)])
 def test_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch, avx512_bf16, amx, expected):
     from unlearnable.training import fast_bf16

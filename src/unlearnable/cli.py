@@ -13,7 +13,7 @@ from .errors import UnlearnableError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Availability data poisoning (unlearnable examples) and the defenses against it.")
 
-KINDS = ("attacks", "defenses", "models", "datasets")
+KINDS = ("attacks", "defenses", "models", "datasets", "recipes")
 
 
 def _registry(kind: str):
@@ -25,14 +25,16 @@ def _registry(kind: str):
         from .models import MODELS as reg
     elif kind == "datasets":
         from .data.sources import DATASETS as reg
+    elif kind == "recipes":
+        from .training import RECIPES as reg
     else:
         raise UnlearnableError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     return reg
 
 
 @app.command("list")
-def list_(kind: str = typer.Argument(..., help="attacks, defenses, models or datasets")) -> None:
-    """List the registered attacks, defenses, models or datasets."""
+def list_(kind: str = typer.Argument(..., help="attacks, defenses, models, datasets or recipes")) -> None:
+    """List the registered attacks, defenses, models, datasets or victim recipes."""
     from rich.console import Console
     from rich.table import Table
 
@@ -243,7 +245,9 @@ def _report_label_sensitivity(pur, train, purified):
 def train(
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="dataset spec or saved set directory"),
     model: str = typer.Option("cnn", "--model", "-m", help="architecture (unlearnable list models)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: the trainer's 3, and on a small set as many "
+    recipe: str = typer.Option("default", help="victim recipe (unlearnable list recipes): the package's, or a "
+                               "paper's test protocol, e.g. deepconfuse-paper with --model lenet"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: the recipe's: 3, and on a small set as many "
                                          "as make the 705 steps those make on 60,000 images)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, help="batch size"),
@@ -258,22 +262,26 @@ def train(
     from .models import CLASSICAL, MODELS
 
     MODELS.check(model)  # an unknown name fails before any data is read (and before torch is imported)
-    trainset, testset = load(data)
+    from .training import RECIPES
     from .training import train as fit
+
+    RECIPES.check(recipe)
+    trainset, testset = load(data)
 
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
     if model in CLASSICAL and changes:
         _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in changes)} "
              f"{'does' if len(changes) == 1 else 'do'} not apply to it")
-    cfg = _victim_recipe(epochs, seed=seed, device=device, **{k: v for k, v in changes.items() if k != "epochs"})
+    cfg = _victim_recipe(epochs, recipe, seed=seed, device=device,
+                         **{k: v for k, v in changes.items() if k != "epochs"})
     if subset:
         trainset = _take(trainset, subset, seed)
     if not json_:
         _say(f"training {model} on {len(trainset)} images ({data}), testing on {len(testset)} clean images ...")
     if model not in CLASSICAL:
-        _say_more_epochs(cfg, len(trainset))
+        _say_more_epochs(cfg, len(trainset), recipe)
     result = fit(trainset, testset, model, cfg)
-    summary = {"data": data, "model": model, **result.summary()}
+    summary = {"data": data, "model": model, "recipe": recipe, **result.summary()}
     if json_:
         typer.echo(json_text(summary))
         return
@@ -704,23 +712,24 @@ def _resumable(job, state: str) -> None:
     _announce(state)
 
 
-def _victim_recipe(epochs: int | None, **changes):
-    """The victims' recipe of ``train`` and ``dvae-check``: ``--epochs`` as given, else the trainer's 3 epochs
-    raised on a small set to the steps they make on 60,000 images (:data:`~unlearnable.training.RECIPE_STEPS`)."""
-    from .training import RECIPE_STEPS, TrainConfig
+def _victim_recipe(epochs: int | None, recipe: str = "default", **changes):
+    """The victims' recipe of ``train`` and ``dvae-check``: ``--epochs`` as given, else the recipe's own length
+    (the default's 3 epochs raised on a small set to the steps they make on 60,000 images,
+    :data:`~unlearnable.training.RECIPE_STEPS`)."""
+    from .training import RECIPES
 
-    length = {"min_steps": RECIPE_STEPS} if epochs is None else {"epochs": epochs}
-    return TrainConfig(**length, **changes)
+    length = {} if epochs is None else {"epochs": epochs, "min_steps": 0}
+    return RECIPES.create(recipe, **length, **changes)
 
 
-def _say_more_epochs(cfg, n: int) -> None:
+def _say_more_epochs(cfg, n: int, recipe: str = "default") -> None:
     """Say so when :func:`_victim_recipe`'s rule trains the victim more epochs than asked."""
     from .training import batch_starts
 
     epochs = cfg.epochs_for(n)
     if epochs > cfg.epochs:
         _say(f"{n} training images make {len(batch_starts(n, cfg.batch_size))} steps an epoch: the victim trains "
-             f"{epochs} epochs, the {cfg.min_steps} steps the default recipe makes on 60,000 images (--epochs N: "
+             f"{epochs} epochs, the {cfg.min_steps} steps the {recipe} recipe makes on 60,000 images (--epochs N: "
              "exactly N)")
 
 

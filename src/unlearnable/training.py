@@ -2,10 +2,11 @@
 
 Data lives as one uint8 tensor on the device and batches are index slices of a seeded permutation; augmentation
 (random crop with zero padding, horizontal flip) is a batched tensor op, as in KellerJordan/cifar10-airbench. The
-optimiser is SGD with Nesterov momentum under a one-cycle (or cosine) schedule with label smoothing. On CUDA the
-loop uses channels_last memory format and bf16 autocast; on a CPU with native bf16 (AVX512-BF16/AMX) both pay off
-too (a 2.5x speed-up for the default victim, BENCHMARKS.md), so both default to on wherever they are fast; on a
-CPU that only emulates bf16 (AVX-512 without AVX512-BF16) autocast halves the speed and stays off.
+optimiser is SGD with Nesterov momentum under a one-cycle (or cosine) schedule with label smoothing (Adam where a
+paper's victim recipe in :data:`RECIPES` uses it). On CUDA the loop uses channels_last memory format and bf16
+autocast; on a CPU with native bf16 (AVX512-BF16/AMX) both pay off too (a 2.5x speed-up for the default victim,
+BENCHMARKS.md), so both default to on wherever they are fast; on a CPU that only emulates bf16 (AVX-512 without
+AVX512-BF16) autocast halves the speed and stays off.
 
 Attacks that interleave training with perturbation updates (EM, DeepConfuse...) drive the same loop through
 :class:`Trainer.step`, so there is exactly one optimiser/augmentation/schedule implementation.
@@ -302,7 +303,7 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class Trainer:
-    """One optimiser, schedule and augmentation policy for a model; :meth:`step` does one SGD step.
+    """One optimiser, schedule and augmentation policy for a model; :meth:`step` does one optimiser step.
 
     ``x`` passed to :meth:`step` are float images in [0, 1] (possibly carrying an attack's perturbation).
     """
@@ -334,7 +335,7 @@ class Trainer:
         return random_flip(x, self.gen) if self.flip else x
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-        """One SGD step on an (augmented) batch; returns the summed loss and the number correct."""
+        """One optimiser step on an (augmented) batch; returns the summed loss and the number correct."""
         self.model.train()
         x = self.augment(x)
         if self.channels_last:

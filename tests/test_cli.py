@@ -629,7 +629,8 @@ def test_a_source_folder_changed_since_the_set_was_made_is_refused(tmp_path, mon
             Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "src" / f"c{c}" / f"{i}.png")
     out = tmp_path / "set"
     run("poison", "--attack", "random-noise", "--data", f"folder:{tmp_path / 'src'}", "--out", str(out), check_rc=0)
-    run("train", "--data", str(out), "--model", "svm-linear", check_rc=0)
+    p = run("train", "--data", str(out), "--model", "svm-linear", "--recipe", "deepconfuse-paper", check_rc=0)
+    assert "svm-linear is fitted once by scikit-learn: --recipe does not apply to it" in p.stderr  # not silently
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(tmp_path / "src" / "c0" / "3.png")  # one file edited
     assert "has changed since this set was made" in one_line_error(run("train", "--data", str(out)))
     assert "vs clean:   unavailable" in run("info", str(out), check_rc=0).stdout

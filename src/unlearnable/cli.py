@@ -247,8 +247,8 @@ def train(
     model: str = typer.Option("cnn", "--model", "-m", help="architecture (unlearnable list models)"),
     recipe: str = typer.Option("default", help="victim recipe (unlearnable list recipes): the package's, or a "
                                "paper's test protocol, e.g. deepconfuse-paper with --model lenet"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: the recipe's: 3, and on a small set as many "
-                                         "as make the 705 steps those make on 60,000 images)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: the recipe's, at least the steps they make on "
+                                         "60,000 images: the default's 3, 705 steps)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate"),
     batch_size: Optional[int] = typer.Option(None, help="batch size"),
     seed: int = typer.Option(0, min=0, help="random seed"),
@@ -269,9 +269,10 @@ def train(
     trainset, testset = load(data)
 
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
-    if model in CLASSICAL and changes:
-        _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in changes)} "
-             f"{'does' if len(changes) == 1 else 'do'} not apply to it")
+    unused = [*(["recipe"] if recipe != "default" else []), *changes]
+    if model in CLASSICAL and unused:
+        _say(f"{model} is fitted once by scikit-learn: {', '.join('--' + k.replace('_', '-') for k in unused)} "
+             f"{'does' if len(unused) == 1 else 'do'} not apply to it")
     cfg = _victim_recipe(epochs, recipe, seed=seed, device=device,
                          **{k: v for k, v in changes.items() if k != "epochs"})
     if subset:

@@ -17,10 +17,10 @@ and reports the default victim (Fig. 4); ``speed`` times ``protect`` over the tr
 (``--epochs``, exactly), or ``--recipe deepconfuse-paper``, the paper's MNIST test protocol (Adam, 2 epochs of
 batch 64, no augmentation; with ``--victims lenet``, its network); ``--subset N`` trains every victim on a seeded
 stratified subset (resnet18 is ~60 images/s on a 2-core CPU; it trains on 2,000 images with ``--batch-size 64 --lr
-0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2``
-trains each ``victims`` victim once per seed and reports the means, with the runs and their standard deviation
-beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as curves (PNG) with the clean victim as a dashed
-line, after training that victim too. One JSON line per result goes to ``--json``.
+0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2`` trains each ``victims`` victim once per seed and reports the
+means, with the runs and their standard deviation beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as
+curves (PNG) with the clean victim as a dashed line, after training that victim too. One JSON line per result goes
+to ``--json``.
 
 The official pretrained generators (``kingfengji/DeepConfuse``, e.g. ``MNIST/pretrained/atkmnist_best.pt``) run
 through ``victims`` once imported: ``unlearnable import-generator FILE --arch ae-official --eps 0.3 [--targeted]

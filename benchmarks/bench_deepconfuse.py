@@ -40,11 +40,11 @@ import torch
 
 from _common import budget_list, emit, number_list, run_meta, run_script, seed_list, summary, victim_runs
 from unlearnable.attacks import create_attack
-from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set
+from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set, target_rate
 from unlearnable.data import load
 from unlearnable.params import parse_sets
 from unlearnable.report import curve_plot
-from unlearnable.training import RECIPES, TrainConfig, predict, resolve_device, train
+from unlearnable.training import RECIPES, TrainConfig, resolve_device, train
 
 
 def main() -> None:
@@ -209,13 +209,6 @@ def main() -> None:
         path = image_grid(rows, args.png, classes=train_set.classes, labels=np.arange(train_set.num_classes))
         record({"experiment": "svm-weights", "eps": eps, "png": str(path), **accs})
     print(f"protect: {len(train_set)} images in {protect_s:.1f} s ({len(train_set) / protect_s:.0f} images/s)")
-
-
-def target_rate(model, test_set) -> float:
-    """The share of clean test images a victim (torch or scikit-learn) puts in eta(y) = (y + 1) mod C (the targeted
-    attack's success)."""
-    pred = predict(model, torch.from_numpy(test_set.x.copy())).cpu().numpy()
-    return float((pred == (test_set.y + 1) % test_set.num_classes).mean())
 
 
 if __name__ == "__main__":

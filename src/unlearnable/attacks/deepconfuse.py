@@ -411,6 +411,20 @@ def _weights_mismatch(expected: dict, saved: dict) -> str:
     return ""
 
 
+def eta(y, num_classes: int):
+    """The targeted variant's label map, the paper's eta(y) = (y + 1) mod C (tensors or arrays)."""
+    return (y + 1) % num_classes
+
+
+def target_rate(model: nn.Module, data: ImageSet) -> float:
+    """The targeted attack's success: the share of ``data``'s (clean test) images a victim, torch or scikit-learn,
+    puts in eta(y)."""
+    from ..training import predict
+
+    pred = predict(model, torch.from_numpy(np.array(data.x))).cpu().numpy()
+    return float((pred == eta(data.y, data.num_classes)).mean())
+
+
 @torch.inference_mode()
 def protect(generator: PerturbationGenerator, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Perturb NEW uint8 images ``N x C x H x W`` with a trained generator, one forward pass per batch.
@@ -788,7 +802,7 @@ class DeepConfuse(Attack):
         stepped = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
         out = functional_call(clf, {**stepped, **buffers}, (x,))
         if self.targeted:
-            objective = F.cross_entropy(out, (y + 1) % num_classes)  # descent towards eta(y)
+            objective = F.cross_entropy(out, eta(y, num_classes))  # descent towards eta(y)
         else:
             objective = -F.cross_entropy(out, y)  # ascent on the clean loss
         g_params = [p for p in g_train.parameters() if p.requires_grad]
@@ -834,7 +848,7 @@ class DeepConfuse(Attack):
         hold = data.subset(hold_idx)
         pred = predict(model, torch.from_numpy(hold.x)).cpu().numpy()
         return {"clean_acc": float((pred == hold.y).mean()),
-                "target_rate": float((pred == (hold.y + 1) % data.num_classes).mean())}
+                "target_rate": float((pred == eta(hold.y, data.num_classes)).mean())}
 
     def outcome(self) -> dict[str, Any]:
         """The run's trials: how many, which one's generator was kept, each one's score on the holdout (clean

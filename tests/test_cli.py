@@ -90,6 +90,15 @@ def test_list_is_fast_and_lists():
     (["train", "--recipe", "nope", "--data", "folder:{tmp}/missing"], "unknown victim recipe 'nope'"),  # data unread
     (["train", "--data", "folder:{tmp}/missing"], "does not exist"),
     (["purify", "--defense", "jpeg", "--data", "{tmp}/missing", "--out", "{tmp}/o"], "no saved set at"),
+    (["purify", "--data", "{tmp}", "--out", "{tmp}/o"], "give --defense NAME"),  # was typer's missing --defense
+    (["purify", "--purifier", "{tmp}/p.safetensors", "--data", "{tmp}", "--out", "{tmp}/o"], "no saved purifier"),
+    (["purify", "--purifier", "{tmp}", "--data", "{tmp}", "--out", "{tmp}/o"], "holds no purifier.safetensors"),
+    (["purify", "--purifier", "{tmp}/p.safetensors", "--defense", "dvae", "--data", "{tmp}", "--out", "{tmp}/o"],
+     "--defense does not apply to a saved purifier"),
+    (["purify", "--purifier", "{tmp}/p.safetensors", "--seed", "1", "--data", "{tmp}", "--out", "{tmp}/o"],
+     "--seed does not apply"),
+    (["purify", "--purifier", "{tmp}/p.safetensors", "--set", "width=8", "--data", "{tmp}", "--out", "{tmp}/o"],
+     "--set does not apply"),
     (["list", "things"], "unknown kind"),
     (["detect", "--data", "{tmp}", "--purify", "jpeg"], "--out"),
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
@@ -228,6 +237,35 @@ def test_interrupted_purify_resumes(tmp_path, crash):
     assert f"(fit {record['fit_seconds']} s; purifying {record['seconds']} s)" in run("info", str(tmp_path / "pur"),
                                                                                       check_rc=0).stdout
     assert f"label sensitivity {sens['ratio']:.2f}" in p.stderr and sens["images"] == 256 and sens["changed"] > 0
+
+
+def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
+    """``purify --defense dvae`` leaves its weights in the set (hashed in the manifest); ``purify --purifier`` applies
+    them to other images without training, as fitted: on the same images, the same output; on images whose class
+    names differ, a one-line error (the class embeddings would read other labels)."""
+    from unlearnable.data import load_set
+
+    rn, pur = tmp_path / "rn", tmp_path / "pur"
+    run("poison", "--attack", "random-noise", "--subset", "256", "--out", str(rn), check_rc=0)
+    sets = [a for kv in ("width=4", "epochs=1", "batch_size=64", "min_steps=0", "preset=none") for a in ("--set", kv)]
+    p = run("purify", "--defense", "dvae", "--data", str(rn), "--out", str(pur), *sets, check_rc=0)
+    assert f"`purify --purifier {pur}`" in p.stderr, p.stderr
+    digest = json.loads((pur / "manifest.json").read_text())["sha256"]["purifier.safetensors"]
+    for given in (pur, pur / "purifier.safetensors"):  # the set, or its file
+        again = tmp_path / f"again-{given.name}"
+        p = run("purify", "--purifier", str(given), "--data", str(rn), "--out", str(again), check_rc=0)
+        assert "no training" in p.stderr and "D-VAE stage" not in p.stderr
+        np.testing.assert_array_equal(load_set(again).x, load_set(pur).x)
+        record = json.loads((again / "manifest.json").read_text())["purified_by"]
+        assert record["weights_sha256"] == digest and "fit_seconds" not in record
+    data = load_set(rn)
+    np.savez(tmp_path / "other.npz", x=data.x, y=data.y, classes=np.array(data.classes[::-1]))
+    err = one_line_error(run("purify", "--purifier", str(pur), "--data", f"npz:{tmp_path / 'other.npz'}", "--out",
+                             str(tmp_path / "o")))
+    assert "same ones in another order" in err and not (tmp_path / "o").exists()
+    (pur / "purifier.safetensors").write_bytes((pur / "purifier.safetensors").read_bytes()[:-8] + bytes(8))
+    err = one_line_error(run("purify", "--purifier", str(pur), "--data", str(rn), "--out", str(tmp_path / "o")))
+    assert "does not match the SHA-256" in err
 
 
 def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):

@@ -147,6 +147,11 @@ def test_save_load_roundtrip_and_new_data(tmp_path, tiny_set, tiny_dvae, small_t
     assert "fit_seconds" not in loaded.transform(tiny_set).provenance["purified_by"]  # not fitted here: no time
     new = small_train.take(100, seed=9)
     assert loaded.transform(new).x.shape == new.x.shape
+    assert loaded.classes_ == tiny_dvae.classes_ == list(tiny_set.classes)  # the file keeps the class names
+    with pytest.raises(UnlearnableError, match="same ones in another order"):  # u_y would read other labels
+        loaded.transform(new.replace(classes=new.classes[::-1]))
+    with pytest.raises(UnlearnableError, match=r"fitted on \(1, 28, 28\) images"):
+        loaded.check_applicable(new.replace(x=new.x[:, :, :14]))
     with pytest.raises(UnlearnableError, match="not 'vae'"):
         RateConstrainedVAE.load(path)
     vae = create_defense("vae", preset="fast", **TINY).fit(tiny_set)  # explicit values over a preset (the CLI's
@@ -317,6 +322,21 @@ def test_dvae_restores_accuracy_on_classwise_noise(small_train, victim):
     purified_acc = victim(purified)
     assert _likeness(purified.x, poisoned.x) > MIN_LIKENESS  # a working fit is not taken for noise (next test)
     print(f"class-wise noise {EFFECT_EPS * 255:.0f}/255: poisoned victim {poisoned_acc:.3f}, D-VAE {purified_acc:.3f}")
+    assert purified_acc > poisoned_acc + 0.15, (poisoned_acc, purified_acc)
+
+
+@pytest.mark.slow
+def test_a_saved_dvae_purifies_poisoned_images_it_never_saw(small_train, victim, tmp_path):
+    """Weights reusable on new data (issue 5): a D-VAE fitted on half of a class-wise poisoned set, saved and loaded,
+    purifies the other half, which it never saw, with no training; a victim on that half learns again."""
+    poisoned = create_attack("random-noise", eps=EFFECT_EPS, mode="class").poison(small_train)
+    order = np.random.default_rng(0).permutation(len(poisoned))
+    seen, new = poisoned.subset(np.sort(order[:2000])), poisoned.subset(np.sort(order[2000:]))
+    saved = create_defense("dvae", **EFFECT_DVAE).fit(seen).save(tmp_path / "dvae.safetensors")
+    purified = DVAE.load(saved).transform(new)
+    poisoned_acc, purified_acc = victim(new), victim(purified)
+    print(f"a saved D-VAE on 2,000 images it never saw: poisoned victim {poisoned_acc:.3f}, purified {purified_acc:.3f}")
+    assert poisoned_acc < 0.6, "the poison no longer hurts the victim: the test below would prove nothing"
     assert purified_acc > poisoned_acc + 0.15, (poisoned_acc, purified_acc)
 
 

@@ -199,21 +199,31 @@ def _unchanged_note(pairs) -> str:
 
 @app.command()
 def purify(
-    defense: str = typer.Option(..., "--defense", help="defense name (unlearnable list defenses)"),
+    defense: Optional[str] = typer.Option(None, "--defense", help="defense name (unlearnable list defenses), "
+                                          "fitted on --data"),
     data: str = typer.Option(..., "--data", "-d", help="a saved set directory, or a dataset spec"),
     out: Path = typer.Option(..., "--out", "-o", help="directory to write the purified set to"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
+    purifier: Optional[Path] = typer.Option(None, "--purifier", help="instead of --defense: a purifier fitted "
+                                            "before (a set saved by `purify`, or its purifier.safetensors), "
+                                            "applied to --data without fitting again"),
+    seed: Optional[int] = typer.Option(None, min=0, help="random seed [default: 0]"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="defense parameter key=value (repeatable); on a "
                                              f"CPU preset=fast unless given ({PURIFY_PRESET_HELP})"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Fit a purifier on a (possibly poisoned) training set and save the purified set."""
-    from .defenses import DEFENSES, create_defense
+    """Fit a purifier on a (possibly poisoned) training set and save the purified set (a learned purifier's
+    weights beside it, as purifier.safetensors); or purify new images with one fitted before (--purifier)."""
     from .params import parse_sets
 
     options = parse_sets(set_)
+    if purifier is not None:
+        return _purify_with_saved(purifier, data, out, defense, seed, options, overwrite)
+    if defense is None:
+        raise UnlearnableError("give --defense NAME (fit a purifier on --data) or --purifier PATH (one fitted before)")
+    from .defenses import DEFENSES, create_defense
+
     _own_options(options, "seed")
-    options["seed"] = seed
+    options["seed"] = seed or 0
     _cpu_preset(options, DEFENSES.get(defense), defense)
     pur = create_defense(defense, **options)
     _check_out(out, overwrite, data)
@@ -225,8 +235,34 @@ def purify(
     purified = pur.fit(train).transform(train)
     if hasattr(pur, "label_sensitivity"):  # a purifier that reads the labels: say how much of them it wrote
         purified = _report_label_sensitivity(pur, train, purified)
-    save_set(purified, out, overwrite=overwrite)
+    files = pur.artifacts()  # a learned purifier's weights, for --purifier
+    save_set(purified, out, overwrite=overwrite, extra_files=files)
     pur.clear_state()
+    _say(f"saved {out}" + (f" (and its weights: `purify --purifier {out}` purifies new images with them)" if files
+                           else ""))
+
+
+def _purify_with_saved(path: Path, data: str, out: Path, defense: Optional[str], seed: Optional[int],
+                       options: dict, overwrite: bool) -> None:
+    """``purify --purifier PATH``: a fitted purifier's weights applied to new images, as fitted (its method,
+    options and sampling seed are the file's)."""
+    for given, flag in ((defense, "--defense"), (seed, "--seed"), (options or None, "--set")):
+        if given is not None:
+            raise UnlearnableError(f"{flag} does not apply to a saved purifier (--purifier): it purifies with the "
+                                   "method and options it was fitted with")
+    from .data import load, save_set
+    from .data.store import sha256_file
+    from .defenses import load_purifier
+    from .defenses.base import PURIFIER_FILE
+
+    file = _saved_file(path, PURIFIER_FILE, ": only learned purifiers (vae, dvae) leave one, since 2026-12-07")
+    pur = load_purifier(file)
+    _check_out(out, overwrite, data, str(path))
+    train, _ = load(data)
+    pur.check_applicable(train)  # before any work: images of another shape, classes of other names
+    _say(f"purifying {len(train)} images with the {pur.name} of {file} (fitted before: no training) ...")
+    purified = pur.transform(train, weights=str(file.resolve()), weights_sha256=sha256_file(file))
+    save_set(purified, out, overwrite=overwrite)
     _say(f"saved {out}")
 
 
@@ -381,12 +417,12 @@ def protect(
     OUT/test/ for x_test)."""
     _check_out(out, overwrite, data, str(generator))
     from .attacks.base import require_unperturbed
-    from .attacks.deepconfuse import load_generator, protect_set
+    from .attacks.deepconfuse import GENERATOR_FILE, load_generator, protect_set
     from .data import export_png, load, save_set
     from .data.sources import unsplit
     from .training import resolve_device
 
-    gen = load_generator(_generator_file(generator), resolve_device())
+    gen = load_generator(_saved_file(generator, GENERATOR_FILE), resolve_device())
     train, test = load(data)
     require_unperturbed(train, data)  # a perturbation on a perturbed set: refused before any work
     own = data.startswith(("folder:", "npz:"))  # a saved set made from one is protected as the set it is
@@ -445,18 +481,21 @@ def _say_renamed(parts: dict) -> None:
         _say(f"{len(renamed)} files renamed where their names would meet: {shown}{' ...' if len(renamed) > 5 else ''}")
 
 
-def _generator_file(generator: Path) -> Path:
-    """``--generator``: the file itself, or a saved set's ``generator.safetensors``, checked against the SHA-256 its
-    manifest records (an edited generator could have any budget)."""
+def _saved_file(path: Path, name: str, hint: str = "") -> Path:
+    """``--generator`` / ``--purifier``: the file itself, or the file ``name`` inside a saved set, checked against
+    the SHA-256 its manifest records (an edited generator could have any budget); ``hint`` ends the error for a
+    folder without it."""
     from .data.store import is_saved_set, read_manifest, verify_hashes
 
-    if not generator.is_dir():
-        return generator
-    path = generator / "generator.safetensors"
-    digest = read_manifest(generator)["sha256"].get(path.name) if is_saved_set(generator) else None
+    if not path.is_dir():
+        return path
+    file = path / name
+    digest = read_manifest(path)["sha256"].get(name) if is_saved_set(path) else None
     if digest is not None:
-        verify_hashes(generator, {"sha256": {path.name: digest}})
-    return path
+        verify_hashes(path, {"sha256": {name: digest}})
+    elif not file.is_file():
+        raise UnlearnableError(f"{path} holds no {name}{hint}")
+    return file
 
 
 @app.command()
@@ -561,7 +600,7 @@ def detect(
         from .detect import purify_flagged
 
         _resumable(defense, _state_next_to(out))
-        save_set(purify_flagged(train, result, defense), out, overwrite=overwrite)
+        save_set(purify_flagged(train, result, defense), out, overwrite=overwrite, extra_files=defense.artifacts())
         defense.clear_state()
         summary["purified"] = str(out)
         if not json_:

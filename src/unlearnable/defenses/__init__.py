@@ -21,3 +21,25 @@ def create_defense(name: str, **options: Any):
     from ..params import build
 
     return build(DEFENSES.get(name), f"defense {name!r}", options)
+
+
+def load_purifier(path, device: str = "auto"):
+    """A fitted purifier from the weights file that its ``save()`` or ``unlearnable purify`` wrote
+    (``OUT/purifier.safetensors``): the method is read from the file, ``device`` overrides the saved one."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from ..errors import UnlearnableError, first_line
+
+    if not Path(path).is_file():
+        raise UnlearnableError(f"no saved purifier at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            method = (f.metadata() or {}).get("method")
+    except Exception as e:  # safetensors raises its own error types
+        raise UnlearnableError(f"cannot read {path} as saved purifier weights: {first_line(e)}") from None
+    factory = DEFENSES.get(method) if method in DEFENSES.names() else None
+    if not hasattr(factory, "load"):
+        raise UnlearnableError(f"{path} holds no saved purifier (its method: {method!r})")
+    return factory.load(path, device)

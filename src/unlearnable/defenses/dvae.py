@@ -65,7 +65,7 @@ from ..params import check
 from ..resume import rng_state, set_rng_state
 from ..training import (epochs_with_steps, fast_bf16, flush_denormals, keeps_global_rng, resolve_device,
                         seed_everything)
-from .base import Purifier
+from .base import PURIFIER_FILE, Purifier
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +467,8 @@ class RateConstrainedVAE(Purifier):
             self.net_ = self._train(data, self.kld_limit, False, self.seed, "net", "VAE")
         return self
 
-    FITTED = ("shape_", "num_classes_", "net_", "stage1_", "stage2_", "perturbation_", "_fit_cache", "fit_seconds_")
+    FITTED = ("shape_", "num_classes_", "classes_", "net_", "stage1_", "stage2_", "perturbation_", "_fit_cache",
+              "fit_seconds_")
 
     @contextlib.contextmanager
     def _fitting(self):
@@ -489,6 +490,7 @@ class RateConstrainedVAE(Purifier):
     def _remember(self, data: ImageSet) -> None:
         self.shape_ = (data.channels, *data.image_size)
         self.num_classes_ = data.num_classes
+        self.classes_ = [str(c) for c in data.classes]
 
     def _check_fitted(self, x: np.ndarray, y: np.ndarray) -> None:
         if not hasattr(self, "shape_"):
@@ -497,6 +499,16 @@ class RateConstrainedVAE(Purifier):
             raise UnlearnableError(f"{self.name} was fitted on {self.shape_} images, got {tuple(x.shape[1:])}")
         if len(y) and (y.min() < 0 or y.max() >= self.num_classes_):
             raise UnlearnableError(f"{self.name} was fitted on {self.num_classes_} classes; labels out of range")
+
+    def check_applicable(self, data: ImageSet) -> None:
+        """Refuse, before any work, a set this fitted purifier cannot purify (images of another shape)."""
+        self._check_fitted(data.x[:0], np.zeros(0, np.int64))
+
+    def transform(self, data: ImageSet, only: np.ndarray | None = None, **note: Any) -> ImageSet:
+        """As :meth:`Purifier.transform`, for a set :meth:`check_applicable` accepts."""
+        if isinstance(data, ImageSet):  # anything else: the base class's one-line error
+            self.check_applicable(data)
+        return super().transform(data, only, **note)
 
     def purify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         self._check_fitted(x, y)
@@ -509,17 +521,34 @@ class RateConstrainedVAE(Purifier):
     def _nets(self) -> dict[str, DVAENet]:
         return {"net": self.net_}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the trained weights and parameters to one ``.safetensors`` file (atomically)."""
-        from safetensors.torch import save_file
-
+    def _weights(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The fitted networks' tensors and the metadata :meth:`load` rebuilds the purifier from."""
         if not hasattr(self, "shape_"):
             raise UnlearnableError(f"{self.name}: nothing to save, call fit() first")
         tensors = {f"{k}.{n}": t.detach().cpu().contiguous()
                    for k, net in self._nets().items() for n, t in net.state_dict().items()}
         meta = {"method": self.name, "params": json.dumps(self.params()), "shape": json.dumps(list(self.shape_)),
                 "num_classes": str(self.num_classes_), "nets": json.dumps(sorted(self._nets()))}
+        if getattr(self, "classes_", None) is not None:
+            meta["classes"] = json.dumps(self.classes_)
+        return tensors, meta
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trained weights and parameters to one ``.safetensors`` file (atomically)."""
+        from safetensors.torch import save_file
+
+        tensors, meta = self._weights()
         return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def artifacts(self) -> dict[str, bytes]:
+        """The fitted weights as :data:`~unlearnable.defenses.base.PURIFIER_FILE` (what :meth:`save` writes), for
+        ``unlearnable purify --purifier``; none before a fit."""
+        from safetensors.torch import save
+
+        if not hasattr(self, "shape_"):
+            return {}
+        tensors, meta = self._weights()
+        return {PURIFIER_FILE: save(tensors, metadata=meta)}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RateConstrainedVAE":
@@ -540,6 +569,7 @@ class RateConstrainedVAE(Purifier):
         self.preset = preset
         c, h, w = json.loads(meta["shape"])
         self.shape_, self.num_classes_ = (c, h, w), int(meta["num_classes"])
+        self.classes_ = json.loads(meta["classes"]) if "classes" in meta else None  # files of before 2026-12-07
         dummy = ImageSet(np.zeros((1, c, h, w), np.uint8), np.zeros(1), [str(i) for i in range(self.num_classes_)])
         for key in json.loads(meta["nets"]):
             net = self._new_net(dummy, cls is not RateConstrainedVAE)
@@ -580,6 +610,11 @@ class DVAE(RateConstrainedVAE):
 
     >>> dvae = create_defense("dvae", preset="fast").fit(poisoned)
     >>> purified = dvae.transform(poisoned); dvae.save("dvae.safetensors")
+
+    ``unlearnable purify`` leaves the same file in the set it saves (``purifier.safetensors``), and ``purify
+    --purifier`` (:func:`~unlearnable.defenses.load_purifier`) applies it to new images of the same shape and class
+    names without fitting again: fitted on 2,000 images under class-wise noise at 64/255, a ``width=8`` D-VAE lifted
+    the tests' victim on 2,000 others it never saw from 48.1% to 68.3% (``tests/test_dvae.py``).
     """
 
     kld_1: float = 1.0  # stage-1 rate limit (official, hard-coded)
@@ -621,6 +656,17 @@ class DVAE(RateConstrainedVAE):
         with self._fitting():
             self._start(data)
             return self._fit_stages(data)
+
+    def check_applicable(self, data: ImageSet) -> None:
+        """As the VAE's; also refuse class names other than the ones the D-VAE was fitted on (a folder of other
+        classes, or of the same ones in another order): its class embeddings ``u_y`` would be read under other
+        labels, and the subtracted ``p_hat`` would be another class's."""
+        super().check_applicable(data)
+        fitted, given = getattr(self, "classes_", None), [str(c) for c in data.classes]
+        if fitted is not None and given != fitted:
+            has = "the same ones in another order" if sorted(given) == sorted(fitted) else _listed(given)
+            raise UnlearnableError(f"{self.name} was fitted on the classes {_listed(fitted)}; this set has {has}: "
+                                   "its class embeddings would read other labels")
 
     def _fit_stages(self, data: ImageSet) -> "DVAE":
         if "s1" not in self.skips:
@@ -732,6 +778,13 @@ class DVAE(RateConstrainedVAE):
 
 
 # --------------------------------------------------------------------------------------------- helpers, Table 1
+def _listed(names, most: int = 6) -> str:
+    """Class names for a one-line message: the first ``most`` and a count of the rest."""
+    names = [str(n) for n in names]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def _spill(a: np.ndarray) -> Callable[[], np.ndarray]:
     """Write ``a`` to an anonymous temporary file (gone when closed) and return the function that reads it back
     once. Unlike a memory map, the caller's copy can be freed and nothing of it counts in the RSS meanwhile."""

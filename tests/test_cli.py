@@ -258,6 +258,8 @@ def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
         np.testing.assert_array_equal(load_set(again).x, load_set(pur).x)
         record = json.loads((again / "manifest.json").read_text())["purified_by"]
         assert record["weights_sha256"] == digest and "fit_seconds" not in record
+        assert "fitted before" in run("info", str(again), check_rc=0).stdout
+    assert f"purifier.safetensors (purify --purifier {pur} applies" in run("info", str(pur), check_rc=0).stdout
     data = load_set(rn)
     np.savez(tmp_path / "other.npz", x=data.x, y=data.y, classes=np.array(data.classes[::-1]))
     err = one_line_error(run("purify", "--purifier", str(pur), "--data", f"npz:{tmp_path / 'other.npz'}", "--out",

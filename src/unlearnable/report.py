@@ -8,7 +8,7 @@ import numpy as np
 
 from .data import ImageSet, clean_counterpart, load_set
 from .data.imageset import images_differ
-from .data.store import write_atomic
+from .data.store import read_manifest, write_atomic
 from .errors import UnlearnableError
 
 if TYPE_CHECKING:
@@ -64,8 +64,14 @@ def describe_set(path: str | Path, grid: str | Path | None = None) -> str:
                 if "only_flagged_by" in q else "")
         took = "; ".join(f"{what} {q[key]} s" for what, key in (("fit", "fit_seconds"), ("purifying", "seconds"))
                          if key in q)
+        if "weights" in q:  # purify --purifier: fitted elsewhere
+            took = f"the weights of {q['weights']}, fitted before; {took}"
         lines.append(f"purified:   {q['method']}  " + ", ".join(f"{k}={v}" for k, v in q["params"].items()) + only
                      + (f" ({took})" if took else ""))
+    reusable = {"generator.safetensors": "protect --generator", "purifier.safetensors": "purify --purifier"}
+    for name in read_manifest(path)["sha256"]:
+        if name in reusable:
+            lines.append(f"weights:    {name} ({reusable[name]} {path} applies it to new images)")
     if "dropped" in p:
         d = p["dropped"]
         lines.append(f"dropped:    {d.get('count')} of {d.get('of')} samples flagged by {d.get('by')}")

@@ -242,7 +242,8 @@ def test_interrupted_purify_resumes(tmp_path, crash):
 def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
     """``purify --defense dvae`` leaves its weights in the set (hashed in the manifest); ``purify --purifier`` applies
     them to other images without training, as fitted: on the same images, the same output; on images whose class
-    names differ, a one-line error (the class embeddings would read other labels)."""
+    names differ, a one-line error (the class embeddings would read other labels). ``dvae-check --purifier`` reads
+    its p_hat from them."""
     from unlearnable.data import load_set
 
     rn, pur = tmp_path / "rn", tmp_path / "pur"
@@ -261,6 +262,15 @@ def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
         assert "fitted before" in run("info", str(again), check_rc=0).stdout
     assert f"purifier.safetensors (purify --purifier {pur} applies" in run("info", str(pur), check_rc=0).stdout
     data = load_set(rn)
+    # dvae-check reads its p_hat from the saved D-VAE, no fit (none with a VAE: it has no perturbation decoder)
+    from unlearnable.defenses.dvae import DVAE
+
+    p_hat = DVAE.load(pur / "purifier.safetensors").estimate_perturbation(data.x, data.y)
+    p = run("dvae-check", "--data", str(rn), "--purifier", str(pur), "--epochs", "1", check_rc=0)
+    assert f"(p_hat RMS {np.sqrt(np.mean(p_hat ** 2)) * 255:.1f} levels of 255)" in p.stdout, p.stdout
+    vae = tmp_path / "vae"
+    run("purify", "--defense", "vae", "--data", str(rn), "--out", str(vae), *sets[:-2], check_rc=0)
+    assert "no stage-1 D-VAE" in one_line_error(run("dvae-check", "--data", str(rn), "--purifier", str(vae)))
     np.savez(tmp_path / "other.npz", x=data.x, y=data.y, classes=np.array(data.classes[::-1]))
     err = one_line_error(run("purify", "--purifier", str(pur), "--data", f"npz:{tmp_path / 'other.npz'}", "--out",
                              str(tmp_path / "o")))

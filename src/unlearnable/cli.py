@@ -252,11 +252,8 @@ def _purify_with_saved(path: Path, data: str, out: Path, defense: Optional[str],
                                    "method and options it was fitted with")
     from .data import load, save_set
     from .data.store import sha256_file
-    from .defenses import load_purifier
-    from .defenses.base import PURIFIER_FILE
 
-    file = _saved_file(path, PURIFIER_FILE, ": only learned purifiers (vae, dvae) leave one, since 2026-12-07")
-    pur = load_purifier(file)
+    file, pur = _saved_purifier(path)
     _check_out(out, overwrite, data, str(path))
     train, _ = load(data)
     pur.check_applicable(train)  # before any work: images of another shape, classes of other names
@@ -264,6 +261,15 @@ def _purify_with_saved(path: Path, data: str, out: Path, defense: Optional[str],
     purified = pur.transform(train, weights=str(file.resolve()), weights_sha256=sha256_file(file))
     save_set(purified, out, overwrite=overwrite)
     _say(f"saved {out}")
+
+
+def _saved_purifier(path: Path):
+    """``--purifier PATH``: ``(its weights file, the fitted purifier)``; PATH is the file or a set that holds it."""
+    from .defenses import load_purifier
+    from .defenses.base import PURIFIER_FILE
+
+    file = _saved_file(path, PURIFIER_FILE, ": only learned purifiers (vae, dvae) leave one, since 2026-12-07")
+    return file, load_purifier(file)
 
 
 def _report_label_sensitivity(pur, train, purified):
@@ -705,6 +711,9 @@ def dvae_check(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="D-VAE option key=value (repeatable)"),
     model: str = typer.Option("cnn", "--model", "-m", help="the victim's architecture (unlearnable list models)"),
     epochs: Optional[int] = typer.Option(None, help="the victim's epochs (default: the trainer's)"),
+    purifier: Optional[Path] = typer.Option(None, "--purifier", help="a D-VAE fitted before (a set saved by "
+                                            "`purify --defense dvae`, or its purifier.safetensors): its stage-1 "
+                                            "p_hat, with no fitting"),
 ) -> None:
     """Add the D-VAE's learned perturbation to the CLEAN images and train a victim (the seed's Table 1)."""
     from .data import load
@@ -713,6 +722,9 @@ def dvae_check(
 
     MODELS.check(model)
     options = parse_sets(set_)
+    if purifier is not None and options:
+        raise UnlearnableError("--set does not apply with --purifier: the saved D-VAE keeps the options it was fitted "
+                               "with")
     options.setdefault("preset", "fast")
     clash = sorted({"model", "train_cfg", "poisoned", "testset", "clean", "dvae", "checkpoint"} & set(options))
     if clash:
@@ -720,16 +732,24 @@ def dvae_check(
     from .detect import check_options
 
     check_options("dvae", options)  # the D-VAE's options, before the data is loaded
+    fitted = None
+    if purifier is not None:
+        file, fitted = _saved_purifier(purifier)
+        if not hasattr(fitted, "stage1_"):
+            raise UnlearnableError(f"{file} holds a {fitted.name} with no stage-1 D-VAE: dvae-check reads stage 1's "
+                                   "p_hat")
     train, test = load(data)
     if not train.provenance.get("method"):  # clean + p_hat of clean images: a number that means nothing
         raise UnlearnableError(f"{data} is not a poisoned set: dvae-check takes a set saved by `unlearnable poison` "
                                "(it adds the D-VAE's perturbation estimate to the set's clean images)")
     from .defenses.dvae import dvae_check as check
 
+    if fitted is not None:
+        fitted.check_applicable(train)
     cfg = _victim_recipe(epochs)
     _say_more_epochs(cfg, len(train))
-    res = check(train, test, model=model, train_cfg=cfg, checkpoint=_state_in_cache("dvae-check", train, options),
-                **options)
+    state = None if fitted is not None else _state_in_cache("dvae-check", train, options)
+    res = check(train, test, dvae=fitted, model=model, train_cfg=cfg, checkpoint=state, **options)
     typer.echo(f"victim on clean + learned p_hat: clean test accuracy {res['test_acc']:.2%} "
                f"(p_hat RMS {res['p_rms'] * 255:.1f} levels of 255)")
     # Half the pixel range, RMS: no poison is near that size (64/255 class-wise is <= 0.25). With the set's L-inf

@@ -661,7 +661,7 @@ def test_dvae_min_steps_trains_a_small_set_more_epochs_and_starts_the_penalty_on
     loss = DVAE._loss
 
     def recorded_loss(self, *args):
-        epochs_seen.append(args[-1])  # the epoch, its last argument
+        epochs_seen.append(args[-2])  # the epoch, before the epochs the fit trains
         return loss(self, *args)
 
     monkeypatch.setattr(DVAE, "_loss", recorded_loss)
@@ -675,8 +675,8 @@ def test_dvae_min_steps_trains_a_small_set_more_epochs_and_starts_the_penalty_on
     outputs = (torch.full_like(x, 0.5), torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2), torch.full_like(x, 0.2))
     monkeypatch.setattr(DVAE, "_forward", lambda self, net, x, y: outputs)
     dvae = DVAE(epochs=1, p_after=0.5, min_steps=10)
-    dvae._epochs_now = 5  # what a fit of 5 epochs (1 asked, 5 for min_steps) sets
-    without, with_penalty = (dvae._loss(None, x, None, 1.0, 0.01, epoch)[0].item() for epoch in (2, 3))
+    # a fit of 5 epochs (1 asked, 5 for min_steps) passes them
+    without, with_penalty = (dvae._loss(None, x, None, 1.0, 0.01, epoch, 5)[0].item() for epoch in (2, 3))
     assert with_penalty - without == pytest.approx(0.2 ** 2)  # on after epoch 2.5 of 5, not after 0.5 of 1
 
 

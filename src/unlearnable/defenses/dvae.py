@@ -369,7 +369,6 @@ class RateConstrainedVAE(Purifier):
         if epochs > self.epochs:
             log.info("%s: %d epochs of %d steps, so that it trains min_steps=%d steps (epochs=%d would make %d)",
                      desc, epochs, steps_per_epoch, self.min_steps, self.epochs, self.epochs * steps_per_epoch)
-        self._epochs_now = epochs  # the p_hat penalty's start (DVAE._loss) is a fraction of these
         total = epochs * steps_per_epoch
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
@@ -400,7 +399,8 @@ class RateConstrainedVAE(Purifier):
                     perm = torch.randperm(len(data), generator=gen).to(dev)
                 for i in range(first_step, steps_per_epoch):
                     idx = perm[i * self.batch_size:(i + 1) * self.batch_size]
-                    loss, parts = self._loss(net, x_all[idx].float().div_(255), y_all[idx], limit, weight, epoch)
+                    loss, parts = self._loss(net, x_all[idx].float().div_(255), y_all[idx], limit, weight, epoch,
+                                             epochs)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
@@ -432,7 +432,10 @@ class RateConstrainedVAE(Purifier):
         ``min_steps`` steps of ``batch_size`` (the last, partial batch of an epoch is dropped, as officially)."""
         return epochs_with_steps(self.epochs, self.min_steps, n // self.batch_size)
 
-    def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int):
+    def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int,
+              epochs: int | None = None):
+        """The loss of one batch in epoch ``epoch`` (from 0) of the ``epochs`` this fit trains (None: the field),
+        and its parts."""
         x_hat, mu, logvar, _ = self._forward(net, x, y)
         kld = kld_per_location(mu, logvar)
         rec = F.mse_loss(x_hat, x)
@@ -642,13 +645,14 @@ class DVAE(RateConstrainedVAE):
     def skips(self) -> set[str]:
         return {s.strip() for s in str(self.skip).split(",") if s.strip()}
 
-    def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int):
+    def _loss(self, net: DVAENet, x: torch.Tensor, y: torch.Tensor, limit: float, weight: float, epoch: int,
+              epochs: int | None = None):
         x_hat, mu, logvar, p = self._forward(net, x, y)
         kld = kld_per_location(mu, logvar)
         rec = F.mse_loss(x_hat, x)
         p2 = p.pow(2).mean()
         loss = rec + F.mse_loss((x_hat + p).clamp(0, 1), x) + weight * rate_term(kld, limit)
-        if epoch > self.p_after * getattr(self, "_epochs_now", self.epochs):
+        if epoch > self.p_after * (epochs or self.epochs):  # more than self.epochs where min_steps asks for more
             loss = loss + torch.clamp(p2, min=self.p_floor)
         return loss, np.array([rec.item(), kld.item(), p2.item()])
 

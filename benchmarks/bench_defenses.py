@@ -12,6 +12,9 @@ A D-VAE row also has its ``label_sensitivity`` (``DVAE.label_sensitivity``).
 With ``--flagged-only`` the contrast detector (trusted images: the clean test split) flags samples, the fitted
 purifier purifies only those (``detect.purify_flagged``) and a third victim trains on the result; a fourth trains on
 the set without the flagged samples (``detect.drop_flagged``); those two victims train once, at ``--seed``.
+With ``--unseen`` a learned purifier is fitted on a seeded half of each set instead, saved, reloaded
+(``defenses.load_purifier``, as ``unlearnable purify --purifier`` does) and applied unfitted to both halves: victims
+train on each half before and after, so the half it never saw shows what reusing its weights on new images costs.
 ``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
 the rest of the images clean). ``--victim-seeds 0,1,2,3,4`` trains the before / after victims once per seed and
 reports their means, with the runs and their standard deviation beside them. One JSON line per result goes to
@@ -44,6 +47,9 @@ def main() -> None:
                          "(and one on the set without them)")
     ap.add_argument("--table1", action="store_true",
                     help="dvae only: also train a victim on the clean images + the fitted stage 1's p_hat")
+    ap.add_argument("--unseen", action="store_true",
+                    help="fit on a seeded half of each set, reload the saved weights and purify both halves: the "
+                         "victims on the half it never saw against those on the half it was fitted on")
     ap.add_argument("--ratios", default="", help="comma-separated poisoning ratios to run each set at (default: as saved)")
     ap.add_argument("--victim-epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--seed", type=int, default=0, help="seeds the victims, and the method unless --set seed=N")
@@ -61,6 +67,9 @@ def main() -> None:
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data, seed=args.seed):
         _, test = reload_source(data)  # a saved set's own clean test split, checked against its record
+        if args.unseen:
+            emit({**meta, **unseen_row(name, data, test, args, options, cfg, seeds)}, args.json)
+            continue
         before = [r.test_acc for r in victim_runs(data, test, "cnn", cfg, seeds)]
         defense = create_defense(args.defense, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
@@ -94,6 +103,37 @@ def main() -> None:
             check = dvae_check(data, test, dvae=defense, model="cnn", train_cfg=cfg)
             row["table1"] = {k: check[k] for k in ("test_acc", "p_rms", "p_linf_mean")}
         emit({**meta, **row}, args.json)
+
+
+def unseen_row(name: str, data, test, args, options: dict, cfg, seeds: list[int]) -> dict:
+    """``--unseen``: fitted on one seeded half, the purifier's saved weights purify both halves."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from unlearnable.defenses import load_purifier
+
+    order = np.random.default_rng(args.seed).permutation(len(data))
+    half = len(data) // 2
+    halves = {"seen": data.subset(np.sort(order[:half])), "unseen": data.subset(np.sort(order[half:]))}
+    defense = create_defense(args.defense, **{"seed": args.seed, **options})
+    if not hasattr(defense, "save"):
+        raise SystemExit(f"--unseen: {args.defense} is a fixed transform, with no weights to reuse")
+    t0 = time.perf_counter()
+    defense.fit(halves["seen"])
+    fit_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:  # the weights through their file, as `purify --purifier` reads them
+        reloaded = load_purifier(defense.save(Path(tmp) / "purifier.safetensors"))
+    row = {"set": name, "attack": data.provenance.get("method", "clean"),
+           "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
+           "ratio": poisoned_share(name, data), "fit_half_s": round(fit_s, 1)}
+    for key, half in halves.items():
+        row[f"{key}_images"] = len(half)
+        row.update(summary(f"{key}_before", [r.test_acc for r in victim_runs(half, test, "cnn", cfg, seeds)]))
+        purified = reloaded.transform(half)
+        row.update(summary(f"{key}_after", [r.test_acc for r in victim_runs(purified, test, "cnn", cfg, seeds)]))
+    return row
 
 
 if __name__ == "__main__":

@@ -74,6 +74,14 @@ def test_list_is_fast_and_lists():
     assert out.strip() == "False"
 
 
+def test_recipes_are_listed_and_checked_without_torch():
+    """``list recipes`` and the check of ``train --recipe`` import no torch (it took ~2 s before the error)."""
+    code = ("import sys; from unlearnable.cli import _registry; r = _registry('recipes'); r.check('default'); "
+            "print(r.names(), bool(r.describe('deepconfuse-paper')), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip() == "['deepconfuse-paper', 'default'] True False", out
+
+
 @pytest.mark.parametrize("args,needle", [
     (["poison", "--attack", "nope", "--out", "{tmp}/o"], "unknown attack"),
     (["poison", "--attack", "random-noise", "--eps", "-1", "--out", "{tmp}/o"], "eps"),

@@ -26,7 +26,7 @@ def _registry(kind: str):
     elif kind == "datasets":
         from .data.sources import DATASETS as reg
     elif kind == "recipes":
-        from .training import RECIPES as reg
+        from .recipes import RECIPES as reg
     else:
         raise UnlearnableError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     return reg
@@ -303,11 +303,12 @@ def train(
     from .data.store import json_text
     from .models import CLASSICAL, MODELS
 
+    from .recipes import RECIPES
+
     MODELS.check(model)  # an unknown name fails before any data is read (and before torch is imported)
-    from .training import RECIPES
+    RECIPES.check(recipe)
     from .training import train as fit
 
-    RECIPES.check(recipe)
     trainset, testset = load(data)
 
     changes = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size).items() if v is not None}
@@ -776,7 +777,7 @@ def _victim_recipe(epochs: int | None, recipe: str = "default", **changes):
     """The victims' recipe of ``train`` and ``dvae-check``: ``--epochs`` as given, else the recipe's own length
     (the default's 3 epochs raised on a small set to the steps they make on 60,000 images,
     :data:`~unlearnable.training.RECIPE_STEPS`)."""
-    from .training import RECIPES
+    from .recipes import RECIPES
 
     length = {} if epochs is None else {"epochs": epochs, "min_steps": 0}
     return RECIPES.create(recipe, **length, **changes)

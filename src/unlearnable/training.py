@@ -35,7 +35,7 @@ from .data.store import torch_save_atomic
 from .errors import UnlearnableError
 from .models import CLASSICAL, create_model
 from .models.classical import PixelClassifier
-from .registry import Registry
+from .recipes import RECIPES  # noqa: F401  (its factories are below; the registry imports no torch)
 from .resume import read_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -108,18 +108,11 @@ def epochs_with_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
 #: 18-26% where 15 epochs reached 78-80% (BENCHMARKS.md, "Default victim", session 54).
 RECIPE_STEPS = 705
 
-#: Victim recipes by name: a factory of :class:`TrainConfig` taking field overrides. ``default`` is the package's;
-#: the others are papers' test protocols, for comparing with their published numbers.
-RECIPES: Registry = Registry("victim recipe")
-
-
-@RECIPES.register("default")
 def default_recipe(**changes: Any) -> TrainConfig:
     """The package's victim: SGD with Nesterov momentum, one-cycle, label smoothing, crop/flip, >= 705 steps."""
     return TrainConfig(**{"min_steps": RECIPE_STEPS, **changes})
 
 
-@RECIPES.register("deepconfuse-paper")
 def deepconfuse_paper_recipe(**changes: Any) -> TrainConfig:
     """DeepConfuse's MNIST test protocol: Adam 0.01, batch 64, 2 epochs, no augmentation (pair with lenet).
 

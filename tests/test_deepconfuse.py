@@ -368,6 +368,10 @@ def test_protect_and_load_reject_bad_input(tiny, tmp_path):
     from safetensors.torch import load_file, save_file
 
     path = attack.save_generator(tmp_path / "g.safetensors")
+    from unlearnable.defenses import load_purifier
+
+    with pytest.raises(UnlearnableError, match="holds a DeepConfuse generator"):  # given to purify --purifier
+        load_purifier(path)
     for config in ({**attack.generator_.config, "new_field": 1}, [1], {**attack.generator_.config, "width": 3}):
         save_file(load_file(path), tmp_path / "edited.safetensors", {"unlearnable.generator": json.dumps(config)})
         with pytest.raises(UnlearnableError, match="cannot rebuild"):  # were TypeError / RuntimeError tracebacks

@@ -36,10 +36,13 @@ def load_purifier(path, device: str = "auto"):
         raise UnlearnableError(f"no saved purifier at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            method = (f.metadata() or {}).get("method")
+            meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types
         raise UnlearnableError(f"cannot read {path} as saved purifier weights: {first_line(e)}") from None
+    method = meta.get("method")
     factory = DEFENSES.get(method) if method in DEFENSES.names() else None
     if not hasattr(factory, "load"):
-        raise UnlearnableError(f"{path} holds no saved purifier (its method: {method!r})")
+        what = ("a DeepConfuse generator (protect --generator applies it)" if "unlearnable.generator" in meta
+                else f"no saved purifier (its method: {method!r})")
+        raise UnlearnableError(f"{path} holds {what}")
     return factory.load(path, device)

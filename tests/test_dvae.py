@@ -335,7 +335,7 @@ def test_a_saved_dvae_purifies_poisoned_images_it_never_saw(small_train, victim,
     saved = create_defense("dvae", **EFFECT_DVAE).fit(seen).save(tmp_path / "dvae.safetensors")
     purified = DVAE.load(saved).transform(new)
     poisoned_acc, purified_acc = victim(new), victim(purified)
-    print(f"a saved D-VAE on 2,000 images it never saw: poisoned victim {poisoned_acc:.3f}, purified {purified_acc:.3f}")
+    print(f"a saved D-VAE on 2,000 unseen images: poisoned victim {poisoned_acc:.3f}, purified {purified_acc:.3f}")
     assert poisoned_acc < 0.6, "the poison no longer hurts the victim: the test below would prove nothing"
     assert purified_acc > poisoned_acc + 0.15, (poisoned_acc, purified_acc)
 

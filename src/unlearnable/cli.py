@@ -268,7 +268,8 @@ def _saved_purifier(path: Path):
     from .defenses import load_purifier
     from .defenses.base import PURIFIER_FILE
 
-    file = _saved_file(path, PURIFIER_FILE, ": a set keeps the weights of a learned purifier (vae, dvae) fitted for it, since 2026-12-07")
+    file = _saved_file(path, PURIFIER_FILE, ": a set keeps the weights of a learned purifier (vae, dvae) fitted "
+                                            "for it, since 2026-12-07")
     return file, load_purifier(file)
 
 

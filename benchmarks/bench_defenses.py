@@ -76,10 +76,7 @@ def main() -> None:
         purified = defense.fit_transform(data)
         seconds = time.perf_counter() - t0
         after = victim_runs(purified, test, "cnn", cfg, seeds)
-        row = {"set": name, "attack": data.provenance.get("method", "clean"),
-               "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
-               "ratio": poisoned_share(name, data),
-               **summary("before", before), **summary("after", [r.test_acc for r in after]),
+        row = {**set_fields(name, data), **summary("before", before), **summary("after", [r.test_acc for r in after]),
                **summary("after_peak", [r.peak_test_acc for r in after]), "purify_s": round(seconds, 1)}
         if hasattr(defense, "label_sensitivity"):  # the D-VAE: how much of the labels it writes (a measurement)
             row["label_sensitivity"] = defense.label_sensitivity(data.x, data.y)
@@ -105,6 +102,13 @@ def main() -> None:
         emit({**meta, **row}, args.json)
 
 
+def set_fields(name: str, data) -> dict:
+    """The columns that name a row's set: its name, attack, budget in levels, size and poisoned share."""
+    return {"set": name, "attack": data.provenance.get("method", "clean"),
+            "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
+            "ratio": poisoned_share(name, data)}
+
+
 def unseen_row(name: str, data, test, args, options: dict, cfg, seeds: list[int]) -> dict:
     """``--unseen``: fitted on one seeded half, the purifier's saved weights purify both halves."""
     import tempfile
@@ -125,9 +129,7 @@ def unseen_row(name: str, data, test, args, options: dict, cfg, seeds: list[int]
     fit_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:  # the weights through their file, as `purify --purifier` reads them
         reloaded = load_purifier(defense.save(Path(tmp) / "purifier.safetensors"))
-    row = {"set": name, "attack": data.provenance.get("method", "clean"),
-           "eps": round(data.provenance.get("budget", {}).get("eps", 0) * 255, 2), "train": len(data),
-           "ratio": poisoned_share(name, data), "fit_half_s": round(fit_s, 1)}
+    row = {**set_fields(name, data), "fit_half_s": round(fit_s, 1)}
     for key, half in halves.items():
         row[f"{key}_images"] = len(half)
         row.update(summary(f"{key}_before", [r.test_acc for r in victim_runs(half, test, "cnn", cfg, seeds)]))

@@ -524,8 +524,11 @@ class RateConstrainedVAE(Purifier):
     def _nets(self) -> dict[str, DVAENet]:
         return {"net": self.net_}
 
-    def _weights(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The fitted networks' tensors and the metadata :meth:`load` rebuilds the purifier from."""
+    def _weights_bytes(self) -> bytes:
+        """The fitted networks' tensors as safetensors bytes, with the metadata :meth:`load` rebuilds the purifier
+        from: what :meth:`save` writes and :meth:`artifacts` hands to a saved set."""
+        from safetensors.torch import save
+
         if not hasattr(self, "shape_"):
             raise UnlearnableError(f"{self.name}: nothing to save, call fit() first")
         tensors = {f"{k}.{n}": t.detach().cpu().contiguous()
@@ -534,24 +537,17 @@ class RateConstrainedVAE(Purifier):
                 "num_classes": str(self.num_classes_), "nets": json.dumps(sorted(self._nets()))}
         if getattr(self, "classes_", None) is not None:
             meta["classes"] = json.dumps(self.classes_)
-        return tensors, meta
+        return save(tensors, metadata=meta)
 
     def save(self, path: str | Path) -> Path:
         """Write the trained weights and parameters to one ``.safetensors`` file (atomically)."""
-        from safetensors.torch import save_file
-
-        tensors, meta = self._weights()
-        return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        data = self._weights_bytes()
+        return write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
     def artifacts(self) -> dict[str, bytes]:
         """The fitted weights as :data:`~unlearnable.defenses.base.PURIFIER_FILE` (what :meth:`save` writes), for
         ``unlearnable purify --purifier``; none before a fit."""
-        from safetensors.torch import save
-
-        if not hasattr(self, "shape_"):
-            return {}
-        tensors, meta = self._weights()
-        return {PURIFIER_FILE: save(tensors, metadata=meta)}
+        return {PURIFIER_FILE: self._weights_bytes()} if hasattr(self, "shape_") else {}
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> "RateConstrainedVAE":

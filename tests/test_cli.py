@@ -112,7 +112,7 @@ def test_recipes_are_listed_and_checked_without_torch():
     (["detect", "--data", "{tmp}", "--purify", "nope", "--out", "{tmp}/o"], "unknown defense"),
     (["detect", "--data", "{tmp}", "--drop"], "--out"),
     (["detect", "--data", "{tmp}", "--purify-set", "quality=5"], "give --purify DEFENSE too"),  # was ignored
-    (["detect", "--data", "{tmp}", "--out", "{tmp}/o"], "--purify or --drop"),
+    (["detect", "--data", "{tmp}", "--out", "{tmp}/o"], "--purify, --purifier or --drop"),
     (["detect", "--data", "{tmp}", "--drop", "--purify", "bdr", "--out", "{tmp}/o"], "exclude each other"),
     (["detect", "--data", "{tmp}", "--scores", "{tmp}"], "is a directory"),
     (["detect", "--data", "{tmp}", "--plot", "{tmp}"], "is a directory"),
@@ -286,6 +286,50 @@ def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
     (pur / "purifier.safetensors").write_bytes((pur / "purifier.safetensors").read_bytes()[:-8] + bytes(8))
     err = one_line_error(run("purify", "--purifier", str(pur), "--data", str(rn), "--out", str(tmp_path / "o")))
     assert "does not match the SHA-256" in err
+
+
+def test_detect_scores_and_purifies_with_a_purifier_fitted_before(tmp_path):
+    """``detect --purifier``: a saved D-VAE scores the samples with no fit (the scores of the API's ``detect`` with
+    that D-VAE); with --out it purifies the flagged samples only, its weights on record; another detector's flags
+    are purified with it too. Flags that leave it no use, or options it cannot take, are one-line errors."""
+    from unlearnable.data import load_set
+    from unlearnable.defenses.dvae import DVAE
+    from unlearnable.detect import detect as api_detect
+
+    rn, pur = tmp_path / "rn", tmp_path / "pur"
+    run("poison", "--attack", "random-noise", "--eps", "64/255", "--ratio", "0.5", "--set", "mode=class",
+        "--subset", "256", "--out", str(rn), check_rc=0)
+    sets = [a for kv in ("width=4", "epochs=1", "batch_size=64", "min_steps=0", "preset=none") for a in ("--set", kv)]
+    run("purify", "--defense", "dvae", "--data", str(rn), "--out", str(pur), *sets, check_rc=0)
+    digest = json.loads((pur / "manifest.json").read_text())["sha256"]["purifier.safetensors"]
+    data = load_set(rn)
+    expected = api_detect(data, "dvae", dvae=DVAE.load(pur / "purifier.safetensors"))
+    p = run("detect", "--data", str(rn), "--purifier", str(pur), "--out", str(tmp_path / "o"), "--json", check_rc=0)
+    res = json.loads(p.stdout)
+    assert "D-VAE stage" not in p.stderr, p.stderr  # no fit
+    assert res["flagged"] == len(expected.flagged) and res["threshold"] == pytest.approx(expected.threshold)
+    assert res["purifier"]["weights_sha256"] == digest and res["purified"] == str(tmp_path / "o")
+    out = load_set(tmp_path / "o")
+    record = out.provenance["purified_by"]
+    assert record["flagged"] == expected.flagged.tolist() and record["weights_sha256"] == digest
+    assert record["only_flagged_by"] == "dvae" and "fit_seconds" not in record
+    kept = np.setdiff1d(np.arange(len(data)), expected.flagged)
+    assert np.array_equal(out.x[kept], data.x[kept]) and not np.array_equal(out.x, data.x)
+    assert not (tmp_path / "o" / "purifier.safetensors").exists()  # its manifest names the weights instead
+    p = run("detect", "--data", str(rn), "--method", "simple", "--purifier", str(pur / "purifier.safetensors"),
+            "--out", str(tmp_path / "s"), check_rc=0)
+    assert "with the dvae of" in p.stdout and "(fitted before)" in p.stdout, p.stdout
+    assert load_set(tmp_path / "s").provenance["purified_by"]["only_flagged_by"] == "simple"
+    vae = tmp_path / "vae"
+    run("purify", "--defense", "vae", "--data", str(rn), "--out", str(vae), *sets[:-2], check_rc=0)
+    for args, message in (
+            (["--purifier", str(pur), "--purify", "bdr", "--out", str(tmp_path / "x")], "exclude each other"),
+            (["--purifier", str(pur), "--method", "simple"], "--purifier has no use here"),
+            (["--purifier", str(pur), "--set", "width=8"], "--set width does not apply to a saved D-VAE"),
+            (["--purifier", str(vae)], "holds a vae with no stage-1 D-VAE"),
+            (["--purifier", str(tmp_path / "none.safetensors")], "no saved purifier")):
+        assert message in one_line_error(run("detect", "--data", str(rn), *args)), args
+    assert not (tmp_path / "x").exists()
 
 
 def test_on_a_cpu_poison_and_purify_default_to_the_fast_preset(tmp_path):

@@ -522,7 +522,12 @@ def detect(
     purify_set: Optional[List[str]] = typer.Option(None, "--purify-set", help="purifier option key=value"),
     drop: bool = typer.Option(False, "--drop", help="save the set WITHOUT the flagged samples to --out "
                               "(instead of --purify)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify or --drop writes the set"),
+    purifier: Optional[Path] = typer.Option(None, "--purifier", help="a purifier fitted before (a set saved by "
+                                            "`purify`, or its purifier.safetensors), used with no fitting: a D-VAE "
+                                            "scores the samples (--method dvae); with --out it purifies the "
+                                            "flagged ones (instead of --purify)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where --purify, --purifier or --drop writes the "
+                                       "set"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out and existing --scores / --plot files"),
     scores: Optional[Path] = typer.Option(None, "--scores", help="write a CSV: every sample's index, file name "
                                           "(folder data), label, score, whether flagged (and poisoned, if known)"),
@@ -532,26 +537,29 @@ def detect(
     """Say whether the set looks poisoned at all (a linear model's held-out accuracy against the clean test split),
     then score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
     --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result;
-    with --drop, save the set without them."""
+    with --drop, save the set without them; with --purifier, score (D-VAE) or purify with weights fitted before."""
     from .data import load
     from .detect import check_options
     from .params import parse_sets
 
     options = parse_sets(set_)
-    if method == "dvae":
+    if drop and purify_with is not None:
+        raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
+    saved = None if purifier is None else _detect_purifier(purifier, method, options, purify_with, purify_set, drop,
+                                                           out)
+    if method == "dvae" and saved is None:
         options.setdefault("preset", "fast")
     check_options(method, options)
     defense = None
-    if drop and purify_with is not None:
-        raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
     if purify_set and purify_with is None:
         raise UnlearnableError("--purify-set sets an option of the --purify defense: give --purify DEFENSE too")
-    if out is not None and not drop and purify_with is None:
-        raise UnlearnableError("--out is where --purify or --drop writes its set: give one of them, or leave --out out")
+    if out is not None and not drop and purify_with is None and saved is None:
+        raise UnlearnableError("--out is where --purify, --purifier or --drop writes its set: give one of them, or "
+                               "leave --out out")
     if drop:
         if out is None:
             raise UnlearnableError("--drop needs --out (where to write the set without the flagged samples)")
-        _check_out(out, overwrite, data, reference)
+        _check_out(out, overwrite, data, reference, purifier)
     if purify_with is not None:
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
@@ -563,6 +571,8 @@ def detect(
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with, "--purify-set")  # as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite, data, reference)
+    if saved is not None and out is not None and not drop:
+        _check_out(out, overwrite, data, reference, purifier)
     from .data.store import json_text
 
     for path, flag, suffix in ((scores, "--scores", ".csv"), (plot, "--plot", ".png")):
@@ -587,11 +597,22 @@ def detect(
     if unscored:
         _say(f"{data} has no test split of its own: its seeded training split ({len(train)} images) is scored, the "
              f"{unscored} others are not (give a folder train/ and test/, an npz x_test and y_test, to choose them)")
+    if saved is not None:
+        saved[1].check_applicable(train)  # before any work: images of another shape, classes of other names
     verdict = None if test is None else check_set(train, test)
-    state = _state_in_cache("detect", train, options) if method == "dvae" else None
+    state = None
+    if method == "dvae" and saved is not None:
+        options["dvae"] = saved[1]  # scores with the saved D-VAE: no fit
+    elif method == "dvae":
+        state = _state_in_cache("detect", train, options)
     result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
     changed = train.provenance.get("changed")
     summary = {"set": verdict, **result.summary(changed)}
+    if saved is not None:
+        from .data.store import sha256_file
+
+        weights = {"weights": str(saved[0].resolve()), "weights_sha256": sha256_file(saved[0])}
+        summary["purifier"] = weights
     # The detection's own outputs first: a purify or drop step that fails or is stopped then loses none of them.
     if scores is not None:
         from .report import detection_csv
@@ -613,6 +634,15 @@ def detect(
         summary["purified"] = str(out)
         if not json_:
             typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
+    elif saved is not None and out is not None and not drop:
+        from .data import save_set
+        from .detect import purify_flagged
+
+        save_set(purify_flagged(train, result, saved[1], fit=False, **weights), out, overwrite=overwrite)
+        summary["purified"] = str(out)
+        if not json_:
+            typer.echo(f"purified the {summary['flagged']} flagged samples with the {saved[1].name} of {saved[0]} "
+                       f"(fitted before): saved {out}")
     if drop:
         from .data import save_set
         from .detect import drop_flagged
@@ -626,6 +656,30 @@ def detect(
         Path(state).unlink(missing_ok=True)
     if json_:
         typer.echo(json_text(summary))
+
+
+def _detect_purifier(path: Path, method: str, options: dict, purify_with: Optional[str], purify_set, drop: bool,
+                     out: Optional[Path]):
+    """``detect --purifier PATH``: ``(its weights file, the fitted purifier)``, once the flags agree on its use: a
+    D-VAE scores the samples (``--method dvae``, with the options it was fitted with); with ``--out`` and no
+    ``--drop`` it purifies the flagged ones."""
+    if purify_with is not None or purify_set:
+        raise UnlearnableError("--purifier and --purify exclude each other: purify the flagged samples with a "
+                               "purifier fitted before (--purifier) or fitted now (--purify)")
+    scores, purifies = method == "dvae", out is not None and not drop
+    if not scores and not purifies:
+        raise UnlearnableError(f"--purifier has no use here: the {method} detector fits its own model; give --out DIR "
+                               "to purify the flagged samples with it (or --method dvae to score with a saved D-VAE)")
+    extra = sorted(set(options) - {"score", "threshold"}) if scores else []
+    if extra:
+        raise UnlearnableError(f"--set {extra[0]} does not apply to a saved D-VAE (--purifier): it scores with the "
+                               "options it was fitted with (score and threshold may be set)")
+    file, pur = _saved_purifier(path)
+    if scores and not hasattr(pur, "stage1_"):
+        raise UnlearnableError(f"{file} holds a {pur.name} with no stage-1 D-VAE: the dvae detector reads stage 1's "
+                               "perturbation estimate (with --method contrast or simple and --out, it purifies the "
+                               "flagged samples)")
+    return file, pur
 
 
 def _print_detection(summary: dict, verdict: dict | None, data: str, method: str, result) -> None:

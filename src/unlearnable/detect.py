@@ -543,19 +543,20 @@ def detect(data: ImageSet, method: str = "dvae", threshold: float | None = None,
     return result
 
 
-def purify_flagged(data: ImageSet, detection: Detection, defense: Any, fit: bool = True) -> ImageSet:
+def purify_flagged(data: ImageSet, detection: Detection, defense: Any, fit: bool = True, **note: Any) -> ImageSet:
     """Purify only the samples ``detection`` flagged; the others keep their original pixels.
 
     ``defense`` is a purifier (``create_defense(...)``); it is fitted on the whole set (a D-VAE needs the poisoned
     samples to learn what to remove, and the clean ones do it no harm) and applied to the flagged samples only,
     so clean samples are not blurred by a purifier they never needed. ``fit=False``: ``defense`` was already
-    fitted on ``data``.
+    fitted, on ``data`` or on other images (``defenses.load_purifier``). ``note`` goes into the ``purified_by``
+    provenance record (e.g. the weights file it came from).
     """
     _require_detection(data, detection)
     flagged = as_indices(detection.flagged, len(data), "flagged")
     if len(flagged) and fit:
         defense.fit(data)
-    return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist())
+    return defense.transform(data, only=flagged, only_flagged_by=detection.method, flagged=flagged.tolist(), **note)
 
 
 def drop_flagged(data: ImageSet, detection: Detection) -> ImageSet:

@@ -571,6 +571,18 @@ def test_outputs_never_land_in_a_saved_sets_source_and_json_is_strict(tmp_path, 
     assert summary["history"][0]["train_loss"] is None and "does not apply" in p.stderr
 
 
+def test_an_input_not_given_is_no_folder_named_none(tmp_path, monkeypatch):
+    """An optional input left out (``detect --reference``) was checked as the path 'None': an --out inside a folder
+    of that name in the working directory was refused as overwriting an input."""
+    from unlearnable.cli import _clear_of_inputs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "None").mkdir()
+    _clear_of_inputs(Path("None") / "out", "--out", (None, str(tmp_path / "elsewhere")))
+    with pytest.raises(Exception, match="would overwrite the input"):
+        _clear_of_inputs(Path("None") / "out", "--out", ("None",))
+
+
 def test_demo_writes_its_table_sets_and_grid(tmp_path, monkeypatch, small_train, small_test):
     """The demo's plumbing (the README's first command), on 300 images with cheap stand-ins for its attack and
     D-VAE: every stage runs, the table has one row per victim and says its setting, the sets and grid are saved."""

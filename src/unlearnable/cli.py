@@ -94,7 +94,7 @@ def _clear_of_inputs(out: Path, flag: str, inputs: tuple, file: bool = False) ->
     from .data.store import is_saved_set, read_manifest
 
     target = out.resolve()
-    for spec in filter(None, map(str, inputs)):
+    for spec in map(str, filter(None, inputs)):  # an input not given (None) is no folder named 'None'
         saved = is_saved_set(spec)
         # a dataset spec's path, or a saved set's folder (a .png / .csv cannot be one of its arrays or its manifest)
         paths = [] if saved and file else [(spec_path(spec) or Path(spec).expanduser(), spec)]

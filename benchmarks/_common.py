@@ -93,14 +93,54 @@ def emit(row: dict, path: str | Path) -> dict:
     print(line, flush=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(line + "\n")
+    with path.open("ab+") as f:  # appends, wherever it has read
+        size = f.seek(0, 2)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":  # a line a crash cut short: this row starts a line of its own
+                line = "\n" + line
+        f.write(line.encode() + b"\n")
     return row
 
 
-def run_script(main) -> None:
+def measured_before(path: str | Path, key: dict) -> dict | None:
+    """``--resume``: the row an earlier run appended to ``path`` whose fields hold every item of ``key`` (what was
+    measured: the method, its options, the set, the victims' seeds), or None. The caller skips that job, so a
+    benchmark stopped after some of its rows goes on where it stopped; the machine and date are not in ``key``, so a
+    row measured elsewhere counts too (rows say where they ran). A line cut short by a crash is passed over."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    key = json.loads(json_text(key))  # as a row reads back: tuples as lists, numpy numbers as plain ones
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and all(k in row and row[k] == v for k, v in key.items()):
+            return row
+    return None
+
+
+def job_key(meta: dict, **job) -> dict:
+    """What a row measured, for :func:`measured_before`: the script's fields (``run_meta``'s date, machine and
+    torch version left out) and the job's own (``set=NAME``, ``eps=...``)."""
+    return {**{k: v for k, v in meta.items() if k not in ("date", "machine", "torch")}, **job}
+
+
+def skip_note(what: str, row: dict, path: str | Path) -> None:
+    """Say that ``--resume`` skips ``what``: measured on ``row``'s date, in ``path``."""
+    import sys
+
+    print(f"--resume: {what} was measured on {row.get('date', '?')} ({path}); skipped", file=sys.stderr, flush=True)
+
+
+def run_script(main, resumable: bool = False) -> None:
     """A benchmark's entry point: bad input (an unknown attack, a malformed ``--set``, an unreadable set) is one
-    ``error:`` line and exit code 2, as on the package's command line; Ctrl-C says "aborted" and exits 130."""
+    ``error:`` line and exit code 2, as on the package's command line; Ctrl-C says "aborted" (and, for a
+    ``resumable`` script, that ``--resume`` goes on from the rows written) and exits 130."""
     import sys
 
     from unlearnable.errors import UnlearnableError
@@ -110,8 +150,10 @@ def run_script(main) -> None:
     except (UnlearnableError, OSError) as e:  # an unwritable --json or --out as well
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # the scripts keep no state: a rerun starts over
-        print("aborted (a benchmark keeps no state: running it again starts over)", file=sys.stderr)
+    except KeyboardInterrupt:
+        then = ("the rows measured so far are in --json: run it again with --resume to go on" if resumable else
+                "this benchmark keeps no state: running it again starts over")
+        print(f"aborted ({then})", file=sys.stderr)
         raise SystemExit(130) from None
 
 

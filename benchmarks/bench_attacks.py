@@ -8,6 +8,7 @@ to the same victim trained on clean data. One JSON line per run is appended to `
     python benchmarks/bench_attacks.py --data folder:/tmp/cifar10-jpeg75-dev --attack tap --set preset=fast --eps 8
 
 ``--train-subset N`` takes a stratified seeded subset of the training split (the full split by default).
+``--resume`` skips the runs whose row (same data, victim, attack, options and budget) is in ``--json`` already.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from _common import budget_list, emit, run_meta, run_script
+from _common import budget_list, emit, job_key, measured_before, run_meta, run_script, skip_note
 from unlearnable.attacks import create_attack
 from unlearnable.data import load
 from unlearnable.errors import UnlearnableError
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/attacks.jsonl")
     ap.add_argument("--save", default="", help="directory to keep each poisoned set in (for defense benchmarks)")
     ap.add_argument("--overwrite", action="store_true", help="replace sets of the same name in --save")
+    ap.add_argument("--resume", action="store_true", help="skip the runs --json has a row for (same data, victim, "
+                    "attack, options and budget)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -59,16 +62,29 @@ def main() -> None:
         tag = "-".join([args.attack, *(f"{k}{v}" for k, v in options.items()), f"eps{eps * 255:g}"])
         return Path(args.save) / tag.replace("/", "_")
 
+    def done(**job) -> dict | None:
+        return measured_before(args.json, job_key(meta, **job)) if args.resume else None
+
+    def poisoned_job(eps: float) -> dict:
+        return {"attack": args.attack, "options": options, "eps": round(eps * 255, 2)}
+
     for eps in budgets if args.save and not args.overwrite else ():  # another run's set is not replaced unasked
-        if saved(eps).exists():
+        if saved(eps).exists() and done(**poisoned_job(eps)) is None:
             raise UnlearnableError(f"{saved(eps)} exists (another run's set?); pass --overwrite to replace it")
     rows = []
-    if not args.no_clean:
+    if not args.no_clean and (row := done(attack="clean", eps=0)) is not None:
+        skip_note("the clean victim", row, args.json)
+        rows.append(row)
+    elif not args.no_clean:
         r = train(train_set, test_set, args.victim, cfg, description="clean victim")
         rows.append({**meta, "attack": "clean", "eps": 0, "final": r.test_acc, "peak": r.peak_test_acc,
                      "craft_s": 0.0})
         emit(rows[-1], args.json)
     for eps in budgets:
+        if (row := done(**poisoned_job(eps))) is not None:
+            skip_note(f"{args.attack} at {eps * 255:g}/255", row, args.json)
+            rows.append(row)
+            continue
         attack = create_attack(args.attack, eps=eps, **{"seed": args.seed, **options})
         t0 = time.perf_counter()
         poisoned = attack.poison(train_set)
@@ -79,8 +95,8 @@ def main() -> None:
             save_set(poisoned, saved(eps), clean=train_set, overwrite=True)
         r = train(poisoned, test_set, args.victim, cfg, description="poisoned victim")
         extra = {k: getattr(attack, k) for k in ("rounds_", "final_error_") if hasattr(attack, k)}
-        rows.append({**meta, "attack": args.attack, "options": options, "eps": round(eps * 255, 2),
-                     "final": r.test_acc, "peak": r.peak_test_acc, "craft_s": round(craft, 1), **extra})
+        rows.append({**meta, **poisoned_job(eps), "final": r.test_acc, "peak": r.peak_test_acc,
+                     "craft_s": round(craft, 1), **extra})
         emit(rows[-1], args.json)
     print("\n| attack | options | eps (/255) | crafting s | victim final | victim peak |\n|---|---|---|---|---|---|")
     for row in rows:
@@ -90,4 +106,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, resumable=True)

@@ -18,7 +18,8 @@ train on each half before and after, so the half it never saw shows what reusing
 ``--ratios 0.2,0.4`` also runs each set partially poisoned (``data.partial``: the noise kept on a seeded fraction,
 the rest of the images clean). ``--victim-seeds 0,1,2,3,4`` trains the before / after victims once per seed and
 reports their means, with the runs and their standard deviation beside them. One JSON line per result goes to
-``--json``.
+``--json``; ``--resume`` skips the sets whose row (same defense, options, flags and seeds) is in it already, so a
+run stopped part-way goes on where it stopped.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import argparse
 import logging
 import time
 
-from _common import (emit, poisoned_share, run_meta, run_script, seed_list, set_jobs, summary,
-                     victim_runs)
+from _common import (emit, job_key, measured_before, poisoned_share, run_meta, run_script, seed_list, set_jobs,
+                     skip_note, summary, victim_runs)
 from unlearnable.data import reload_source
 from unlearnable.defenses import create_defense
 from unlearnable.params import parse_sets
@@ -56,16 +57,23 @@ def main() -> None:
     ap.add_argument("--victim-seeds", default="", help="comma-separated victim seeds for before / after "
                                                          "(default: --seed); the rows give their means")
     ap.add_argument("--json", default="benchmarks/results/defenses.jsonl")
+    ap.add_argument("--resume", action="store_true", help="skip the sets --json has a row for (same defense, "
+                    "options, flags and seeds)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     options = parse_sets(args.options)
     cfg = TrainConfig(epochs=args.victim_epochs, seed=args.seed)
     seeds = seed_list(args.victim_seeds, args.seed)
+    flags = [f for f in ("detect", "flagged_only", "table1", "unseen") if getattr(args, f)]
     meta = run_meta(defense=args.defense, options=options, victim_epochs=args.victim_epochs, victim_seeds=seeds,
-                    seed=args.seed)
+                    seed=args.seed, flags=flags)
     create_defense(args.defense, **{"seed": args.seed, **options})  # a bad name or option: now, not after victims
 
     for name, data in set_jobs(args.sets, args.ratios, args.clean, args.data, seed=args.seed):
+        done = measured_before(args.json, job_key(meta, set=name)) if args.resume else None
+        if done is not None:
+            skip_note(name, done, args.json)
+            continue
         _, test = reload_source(data)  # a saved set's own clean test split, checked against its record
         if args.unseen:
             emit({**meta, **unseen_row(name, data, test, args, options, cfg, seeds)}, args.json)
@@ -139,4 +147,4 @@ def unseen_row(name: str, data, test, args, options: dict, cfg, seeds: list[int]
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, resumable=True)

@@ -265,8 +265,10 @@ def test_a_fitted_purifier_is_saved_and_purifies_new_images_unfitted(tmp_path):
         p = run("purify", "--purifier", str(given), "--data", str(rn), "--out", str(again), check_rc=0)
         assert "no training" in p.stderr and "D-VAE stage" not in p.stderr
         np.testing.assert_array_equal(load_set(again).x, load_set(pur).x)
-        record = json.loads((again / "manifest.json").read_text())["purified_by"]
+        manifest = json.loads((again / "manifest.json").read_text())
+        record = manifest["purified_by"]
         assert record["weights_sha256"] == digest and "fit_seconds" not in record
+        assert manifest["sha256"]["purifier.safetensors"] == digest  # a copy: the set names and holds its purifier
         assert "fitted before" in run("info", str(again), check_rc=0).stdout
     assert f"purifier.safetensors (purify --purifier {pur} applies" in run("info", str(pur), check_rc=0).stdout
     data = load_set(rn)
@@ -315,7 +317,8 @@ def test_detect_scores_and_purifies_with_a_purifier_fitted_before(tmp_path):
     assert record["only_flagged_by"] == "dvae" and "fit_seconds" not in record
     kept = np.setdiff1d(np.arange(len(data)), expected.flagged)
     assert np.array_equal(out.x[kept], data.x[kept]) and not np.array_equal(out.x, data.x)
-    assert not (tmp_path / "o" / "purifier.safetensors").exists()  # its manifest names the weights instead
+    # it holds a copy of the weights that made it, hashed: reusable as a set that purify fitted
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["sha256"]["purifier.safetensors"] == digest
     p = run("detect", "--data", str(rn), "--method", "simple", "--purifier", str(pur / "purifier.safetensors"),
             "--out", str(tmp_path / "s"), check_rc=0)
     assert "with the dvae of" in p.stdout and "(fitted before)" in p.stdout, p.stdout

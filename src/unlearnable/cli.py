@@ -259,8 +259,8 @@ def _purify_with_saved(path: Path, data: str, out: Path, defense: Optional[str],
     pur.check_applicable(train)  # before any work: images of another shape, classes of other names
     _say(f"purifying {len(train)} images with the {pur.name} of {file} (fitted before: no training) ...")
     purified = pur.transform(train, weights=str(file.resolve()), weights_sha256=sha256_file(file))
-    save_set(purified, out, overwrite=overwrite)
-    _say(f"saved {out}")
+    save_set(purified, out, overwrite=overwrite, extra_files=_weights_copy(file))
+    _say(f"saved {out} (with a copy of the weights: the set names and holds the purifier that made it)")
 
 
 def _saved_purifier(path: Path):
@@ -271,6 +271,14 @@ def _saved_purifier(path: Path):
     file = _saved_file(path, PURIFIER_FILE, ": a set keeps the weights of a learned purifier (vae, dvae) fitted "
                                             "for it, since 2026-12-07")
     return file, load_purifier(file)
+
+
+def _weights_copy(file: Path) -> dict[str, bytes]:
+    """A saved purifier's weights for the set it purifies (``extra_files``): that set holds them as one that `purify`
+    fitted does, so it stays reusable (``--purifier SET``) wherever it is copied to and whatever happens to ``file``."""
+    from .defenses.base import PURIFIER_FILE
+
+    return {PURIFIER_FILE: file.read_bytes()}
 
 
 def _report_label_sensitivity(pur, train, purified):
@@ -638,7 +646,8 @@ def detect(
         from .data import save_set
         from .detect import purify_flagged
 
-        save_set(purify_flagged(train, result, saved[1], fit=False, **weights), out, overwrite=overwrite)
+        save_set(purify_flagged(train, result, saved[1], fit=False, **weights), out, overwrite=overwrite,
+                 extra_files=_weights_copy(saved[0]))
         summary["purified"] = str(out)
         if not json_:
             typer.echo(f"purified the {summary['flagged']} flagged samples with the {saved[1].name} of {saved[0]} "

@@ -553,8 +553,9 @@ def detect(
     options = parse_sets(set_)
     if drop and purify_with is not None:
         raise UnlearnableError("--drop and --purify exclude each other: drop the flagged samples or purify them")
-    saved = None if purifier is None else _detect_purifier(purifier, method, options, purify_with, purify_set, drop,
-                                                           out)
+    saved_file, saved = (None, None) if purifier is None else _detect_purifier(purifier, method, options, purify_with,
+                                                                               purify_set, drop, out)
+    purify_saved = saved is not None and out is not None and not drop  # the flagged samples, with --purifier
     if method == "dvae" and saved is None:
         options.setdefault("preset", "fast")
     check_options(method, options)
@@ -579,7 +580,7 @@ def detect(
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with, "--purify-set")  # as `purify` does
         defense = create_defense(purify_with, **pur_options)
         _check_out(out, overwrite, data, reference)
-    if saved is not None and out is not None and not drop:
+    if purify_saved:
         _check_out(out, overwrite, data, reference, purifier)
     from .data.store import json_text
 
@@ -606,11 +607,11 @@ def detect(
         _say(f"{data} has no test split of its own: its seeded training split ({len(train)} images) is scored, the "
              f"{unscored} others are not (give a folder train/ and test/, an npz x_test and y_test, to choose them)")
     if saved is not None:
-        saved[1].check_applicable(train)  # before any work: images of another shape, classes of other names
+        saved.check_applicable(train)  # before any work: images of another shape, classes of other names
     verdict = None if test is None else check_set(train, test)
     state = None
     if method == "dvae" and saved is not None:
-        options["dvae"] = saved[1]  # scores with the saved D-VAE: no fit
+        options["dvae"] = saved  # scores with the saved D-VAE: no fit
     elif method == "dvae":
         state = _state_in_cache("detect", train, options)
     result = run_detect(train, method=method, checkpoint=state, keep_state=True, **options)
@@ -619,7 +620,7 @@ def detect(
     if saved is not None:
         from .data.store import sha256_file
 
-        weights = {"weights": str(saved[0].resolve()), "weights_sha256": sha256_file(saved[0])}
+        weights = {"weights": str(saved_file.resolve()), "weights_sha256": sha256_file(saved_file)}
         summary["purifier"] = weights
     # The detection's own outputs first: a purify or drop step that fails or is stopped then loses none of them.
     if scores is not None:
@@ -642,15 +643,15 @@ def detect(
         summary["purified"] = str(out)
         if not json_:
             typer.echo(f"purified the {summary['flagged']} flagged samples with {purify_with}: saved {out}")
-    elif saved is not None and out is not None and not drop:
+    elif purify_saved:
         from .data import save_set
         from .detect import purify_flagged
 
-        save_set(purify_flagged(train, result, saved[1], fit=False, **weights), out, overwrite=overwrite,
-                 extra_files=_weights_copy(saved[0]))
+        save_set(purify_flagged(train, result, saved, fit=False, **weights), out, overwrite=overwrite,
+                 extra_files=_weights_copy(saved_file))
         summary["purified"] = str(out)
         if not json_:
-            typer.echo(f"purified the {summary['flagged']} flagged samples with the {saved[1].name} of {saved[0]} "
+            typer.echo(f"purified the {summary['flagged']} flagged samples with the {saved.name} of {saved_file} "
                        f"(fitted before): saved {out}")
     if drop:
         from .data import save_set

@@ -251,26 +251,36 @@ def _purify_with_saved(path: Path, data: str, out: Path, defense: Optional[str],
             raise UnlearnableError(f"{flag} does not apply to a saved purifier (--purifier): it purifies with the "
                                    "method and options it was fitted with")
     from .data import load, save_set
-    from .data.store import sha256_file
 
     file, pur = _saved_purifier(path)
     _check_out(out, overwrite, data, str(path))
     train, _ = load(data)
     pur.check_applicable(train)  # before any work: images of another shape, classes of other names
     _say(f"purifying {len(train)} images with the {pur.name} of {file} (fitted before: no training) ...")
-    purified = pur.transform(train, weights=str(file.resolve()), weights_sha256=sha256_file(file))
+    purified = pur.transform(train, **_weights_note(file))
     save_set(purified, out, overwrite=overwrite, extra_files=_weights_copy(file))
     _say(f"saved {out} (with a copy of the weights: the set names and holds the purifier that made it)")
 
 
-def _saved_purifier(path: Path):
-    """``--purifier PATH``: ``(its weights file, the fitted purifier)``; PATH is the file or a set that holds it."""
+def _saved_purifier(path: Path, stage1_for: Optional[str] = None):
+    """``--purifier PATH``: ``(its weights file, the fitted purifier)``; PATH is the file or a set that holds it.
+    ``stage1_for``: what needs its stage-1 D-VAE (the end of the error for a purifier without one)."""
     from .defenses import load_purifier
     from .defenses.base import PURIFIER_FILE
 
     file = _saved_file(path, PURIFIER_FILE, ": a set keeps the weights of a learned purifier (vae, dvae) fitted "
                                             "for it, since 2026-12-07")
-    return file, load_purifier(file)
+    pur = load_purifier(file)
+    if stage1_for is not None and not hasattr(pur, "stage1_"):
+        raise UnlearnableError(f"{file} holds a {pur.name} with no stage-1 D-VAE: {stage1_for}")
+    return file, pur
+
+
+def _weights_note(file: Path) -> dict[str, str]:
+    """Where a purified set's weights came from, for its ``purified_by`` record: the file and its SHA-256."""
+    from .data.store import sha256_file
+
+    return {"weights": str(file.resolve()), "weights_sha256": sha256_file(file)}
 
 
 def _weights_copy(file: Path) -> dict[str, bytes]:
@@ -618,10 +628,7 @@ def detect(
     changed = train.provenance.get("changed")
     summary = {"set": verdict, **result.summary(changed)}
     if saved is not None:
-        from .data.store import sha256_file
-
-        weights = {"weights": str(saved_file.resolve()), "weights_sha256": sha256_file(saved_file)}
-        summary["purifier"] = weights
+        summary["purifier"] = weights = _weights_note(saved_file)
     # The detection's own outputs first: a purify or drop step that fails or is stopped then loses none of them.
     if scores is not None:
         from .report import detection_csv
@@ -684,12 +691,8 @@ def _detect_purifier(path: Path, method: str, options: dict, purify_with: Option
     if extra:
         raise UnlearnableError(f"--set {extra[0]} does not apply to a saved D-VAE (--purifier): it scores with the "
                                "options it was fitted with (score and threshold may be set)")
-    file, pur = _saved_purifier(path)
-    if scores and not hasattr(pur, "stage1_"):
-        raise UnlearnableError(f"{file} holds a {pur.name} with no stage-1 D-VAE: the dvae detector reads stage 1's "
-                               "perturbation estimate (with --method contrast or simple and --out, it purifies the "
-                               "flagged samples)")
-    return file, pur
+    return _saved_purifier(path, "the dvae detector reads stage 1's perturbation estimate (with --method contrast or "
+                                 "simple and --out, it purifies the flagged samples)" if scores else None)
 
 
 def _print_detection(summary: dict, verdict: dict | None, data: str, method: str, result) -> None:
@@ -800,10 +803,7 @@ def dvae_check(
     check_options("dvae", options)  # the D-VAE's options, before the data is loaded
     fitted = None
     if purifier is not None:
-        file, fitted = _saved_purifier(purifier)
-        if not hasattr(fitted, "stage1_"):
-            raise UnlearnableError(f"{file} holds a {fitted.name} with no stage-1 D-VAE: dvae-check reads stage 1's "
-                                   "p_hat")
+        _, fitted = _saved_purifier(purifier, "dvae-check reads stage 1's p_hat")
     train, test = load(data)
     if not train.provenance.get("method"):  # clean + p_hat of clean images: a number that means nothing
         raise UnlearnableError(f"{data} is not a poisoned set: dvae-check takes a set saved by `unlearnable poison` "

@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -63,15 +62,25 @@ def one_line_error(p):
     return lines[0]
 
 
-def test_list_is_fast_and_lists():
-    t0 = time.perf_counter()
+def test_list_lists_without_importing_torch():
+    # how fast is measured in benchmarks (target < 1 s); what keeps it fast is that the CLI imports no torch
     p = run("list", "attacks", check_rc=0, subprocess_=True)
-    assert time.perf_counter() - t0 < 5  # the <1 s target is measured in benchmarks; this guards lazy imports
     assert "random-noise" in p.stdout and "label-flip" in p.stdout
-    assert "torch" not in sys.modules or True
     out = subprocess.run([sys.executable, "-c", "import unlearnable.cli, sys; "
                           "print('torch' in sys.modules)"], capture_output=True, text=True).stdout
     assert out.strip() == "False"
+
+
+def test_each_command_is_listed_on_one_line():
+    """``unlearnable --help`` lists a command by its docstring's first paragraph and, in typer's rich mode, keeps
+    that paragraph's line breaks: a wrapped one broke the command table (purify, export and detect did)."""
+    import inspect
+
+    from unlearnable.cli import app
+
+    for command in app.registered_commands:
+        first = inspect.cleandoc(command.callback.__doc__ or "").split("\n\n")[0]
+        assert first and "\n" not in first, command.callback.__name__
 
 
 def test_recipes_are_listed_and_checked_without_torch():

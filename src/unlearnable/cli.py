@@ -211,8 +211,10 @@ def purify(
                                              f"CPU preset=fast unless given ({PURIFY_PRESET_HELP})"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Fit a purifier on a (possibly poisoned) training set and save the purified set (a learned purifier's
-    weights beside it, as purifier.safetensors); or purify new images with one fitted before (--purifier)."""
+    """Fit a purifier on a (possibly poisoned) training set and save the purified set, or apply one fitted before.
+
+    A learned purifier's weights are saved beside the set (purifier.safetensors); --purifier purifies new images with
+    them, with no fitting."""
     from .params import parse_sets
 
     options = parse_sets(set_)
@@ -366,8 +368,9 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
 ) -> None:
-    """Export a saved set as an ImageFolder tree OUT/train/<class>/000123.png (+ the clean OUT/test); a set made
-    from a folder keeps each file's own name (as .png)."""
+    """Export a saved set as an ImageFolder tree of PNGs: OUT/train/<class>/000123.png (+ the clean OUT/test).
+
+    A set made from a folder keeps each file's own name (as .png)."""
     if format != "png":
         raise UnlearnableError(f"unknown format {format!r}; known: png")
     _check_out(out, overwrite, data)
@@ -552,8 +555,10 @@ def detect(
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG histogram of the scores and threshold"),
     json_: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Say whether the set looks poisoned at all (a linear model's held-out accuracy against the clean test split),
-    then score every training sample and flag the poisoned ones; with a manifest, print accuracy/precision/recall/F1.
+    """Say whether a set looks poisoned, flag its poisoned samples, and purify or drop them.
+
+    Says whether the set looks poisoned at all (a linear model's held-out accuracy against the clean test split),
+    then scores every training sample and flags the poisoned ones; with a manifest, prints accuracy/precision/recall/F1.
     --scores lists which samples are flagged; with --purify, purify only the flagged samples and save the result;
     with --drop, save the set without them; with --purifier, score (D-VAE) or purify with weights fitted before."""
     from .data import load

@@ -47,8 +47,11 @@ def trace(purifier, x_p: np.ndarray, x_c: np.ndarray, y: np.ndarray) -> dict:
     row = {}
     for name, diff in (("p", p_p - p_c), ("xhat", xh_p - xh_c), ("out", out)):
         row[f"{name}_cos"], row[f"{name}_rms"] = _cos_rms(diff, d)
-    rms = lambda a: round(float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))), 5)  # noqa: E731
-    return {**row, "d_rms": rms(d), "p_rms_abs": rms(p_p), "s1_added_rms": rms(x1 - x_p.astype(np.float32) / 255)}
+    return {**row, "d_rms": _rms(d), "p_rms_abs": _rms(p_p), "s1_added_rms": _rms(x1 - x_p.astype(np.float32) / 255)}
+
+
+def _rms(a: np.ndarray) -> float:
+    return round(float(np.sqrt(np.mean(np.square(a, dtype=np.float64)))), 5)
 
 
 def main() -> None:

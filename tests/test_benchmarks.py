@@ -39,3 +39,43 @@ def test_attack_benchmark_resumes_where_it_stopped(tmp_path):
                   "--resume", "--no-clean")
     assert other.returncode == 0 and "--resume" not in other.stderr, other.stderr  # another victim: measured
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_dvae_trace_reads_a_perfect_and_a_blind_purifier_apart():
+    """``dvae_trace.trace`` against two stand-ins with known answers: one whose ``p_hat`` is exactly the poison and
+    whose output is the clean image (p 1 / 1, output 0 / 0), one that passes every image through unchanged with
+    ``p_hat = 0`` (p 0 / 0, reconstruction and output 1 / 1)."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from dvae_trace import trace
+    finally:
+        sys.path.remove(str(BENCH))
+    rng = np.random.default_rng(0)
+    clean = rng.integers(20, 236, (8, 1, 6, 6), dtype=np.uint8)
+    poisoned = (clean.astype(int) + rng.choice([-8, 8], clean.shape)).astype(np.uint8)
+    y = np.zeros(8, dtype=np.int64)
+
+    def f(a):
+        return a.astype(np.float32) / 255
+
+    class Perfect:
+        def decompose(self, x, y, stage):
+            return f(clean), f(x) - f(clean)
+
+        def purify(self, x, y):
+            return clean
+
+    class Blind:
+        def decompose(self, x, y, stage):
+            return f(x), np.zeros(x.shape, np.float32)
+
+        def purify(self, x, y):
+            return x
+
+    perfect, blind = trace(Perfect(), poisoned, clean, y), trace(Blind(), poisoned, clean, y)
+    assert (perfect["p_cos"], perfect["p_rms"], perfect["out_cos"], perfect["out_rms"]) == (1, 1, 0, 0)
+    assert perfect["s1_added_rms"] == perfect["d_rms"] == round(8 / 255, 5)
+    assert (blind["p_cos"], blind["p_rms"], blind["xhat_cos"], blind["xhat_rms"]) == (0, 0, 1, 1)
+    assert (blind["out_cos"], blind["out_rms"], blind["s1_added_rms"]) == (1, 1, 0)

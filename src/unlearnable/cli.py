@@ -583,7 +583,6 @@ def detect(
     if drop:
         if out is None:
             raise UnlearnableError("--drop needs --out (where to write the set without the flagged samples)")
-        _check_out(out, overwrite, data, reference, purifier)
     if purify_with is not None:
         if out is None:
             raise UnlearnableError("--purify needs --out (where to write the purified set)")
@@ -594,8 +593,7 @@ def detect(
             pur_options.setdefault("preset", "fast")
         _cpu_preset(pur_options, DEFENSES.get(purify_with), purify_with, "--purify-set")  # as `purify` does
         defense = create_defense(purify_with, **pur_options)
-        _check_out(out, overwrite, data, reference)
-    if purify_saved:
+    if out is not None:  # the set --drop, --purify or --purifier writes (the checks above leave no other use)
         _check_out(out, overwrite, data, reference, purifier)
     from .data.store import json_text
 

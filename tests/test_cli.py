@@ -785,6 +785,9 @@ def test_an_unwritable_out_is_refused_before_any_work(tmp_path):
     for args in (["poison", "--attack", "random-noise", "--out", str(tmp_path / "afile" / "sub")],
                  ["info", str(tmp_path), "--grid", str(tmp_path / "afile" / "g.png")]):
         assert "is a file, not a folder" in one_line_error(run(*args))
+    if Path("/proc/self").is_dir():  # a folder os.access calls writable for root, where no file can be made
+        err = one_line_error(run("poison", "--attack", "random-noise", "--out", "/proc/unlearnable-out"))
+        assert "cannot write in /proc" in err
     from unlearnable.data.store import torch_save_atomic
 
     with pytest.raises(OSError):  # torch.save's own open raised a RuntimeError, a traceback for every state file

@@ -91,6 +91,10 @@ def _check_writable(out: Path) -> None:
         raise UnlearnableError(f"{parent} is a file, not a folder: {out} cannot be written inside it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UnlearnableError(f"cannot write in {parent} (permission denied): give {out.name} another place")
+    try:  # what os.access cannot see: root in a read-only mount or a system folder such as /proc
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise UnlearnableError(f"cannot write in {parent} ({e.strerror or e}): give {out.name} another place") from None
 
 
 def check_out_file(path: str | Path, overwrite: bool, suffix: str | None = None) -> Path:

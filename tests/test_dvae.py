@@ -115,6 +115,26 @@ def test_skip_switches_change_the_output(tiny_set, tiny_dvae):
             assert not np.array_equal(outputs[a], outputs[b]), (a, b)
 
 
+def test_p_clip_subtracts_only_what_the_loss_can_see(tiny_set, tiny_dvae):
+    """The loss sees ``p_hat`` only through ``clamp(x_hat + p_hat, 0, 1)``; ``p_clip`` subtracts that part."""
+    x, y = tiny_set.x, tiny_set.y
+    x_hat, p = tiny_dvae.decompose(x, y, 1)  # the same sampled z as stage 1's subtraction
+    x0 = x.astype(np.float32) / 255
+    try:
+        tiny_dvae.skip = "s2"  # the output is x1, stage 1's subtraction
+        official = tiny_dvae.transform(tiny_set).x.astype(np.float32) / 255
+        tiny_dvae.p_clip = True
+        clipped = tiny_dvae.transform(tiny_set).x.astype(np.float32) / 255
+    finally:
+        tiny_dvae.skip, tiny_dvae.p_clip = "", False
+    level = 1 / 255 + 1e-6
+    assert np.abs(official - np.clip(x0 - p, 0, 1)).max() <= level
+    assert np.abs(clipped - np.clip(x0 - (np.clip(x_hat + p, 0, 1) - x_hat), 0, 1)).max() <= level
+    seen = (x_hat + p > 0) & (x_hat + p < 1)
+    assert np.abs(official - clipped)[seen].max() <= level and seen.mean() > 0.5
+    assert np.abs(official - clipped)[~seen].max() > 4 / 255  # where the clamp hid p_hat, it differs
+
+
 def test_label_sensitivity_measures_what_the_label_writes(tiny_set, tiny_dvae):
     import copy
 

@@ -610,8 +610,8 @@ class DVAE(RateConstrainedVAE):
 
     ``p_clip`` (ours, not in the paper or the official code; off by default): the loss sees ``p_hat`` only through
     ``clamp(x_hat + p_hat, 0, 1)``, so where an image is 0 (half of Fashion-MNIST's pixels) ``p_hat`` runs negative
-    unchecked and the official subtraction lightens the background: stage 1 by 6-11/255 on average, and the
-    purified output's background is 7-12/255 where the test images' is 0. ``p_clip=true`` subtracts, in stage 1 and
+    unchecked and the official subtraction lightens the background: stage 1 leaves it at 6-11/255 on average,
+    the purified output at 7-12/255, where the test images have 0. ``p_clip=true`` subtracts, in stage 1 and
     in inference step 2, only the part the loss can see, ``clamp(x_hat + p_hat, 0, 1) - x_hat`` (at most ``x_hat``
     where the image is 0). Full Fashion-MNIST, ``fast``, one victim a fit (BENCHMARKS.md, D-VAE, session 63): against
     class-wise EM 8/255 it recovered more at four seeds of five (mean drop 3.84 against 4.65 points), and the clean

@@ -57,6 +57,7 @@ def _rms(a: np.ndarray) -> float:
 def main() -> None:
     from unlearnable.data import clean_counterpart, load_set
     from unlearnable.defenses import load_purifier
+    from unlearnable.defenses.base import PURIFIER_FILE
     from unlearnable.errors import UnlearnableError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,7 +72,7 @@ def main() -> None:
         raise UnlearnableError(f"--sample must be at least 1, got {args.sample}")
     poisoned = load_set(args.poisoned)
     # every file read before the first trace; a set folder stands for the weights it holds
-    purifiers = [load_purifier(Path(p) / "purifier.safetensors" if Path(p).is_dir() else p) for p in args.purified]
+    purifiers = [load_purifier(Path(p) / PURIFIER_FILE if Path(p).is_dir() else p) for p in args.purified]
     for path, purifier in zip(args.purified, purifiers):
         if purifier.name != "dvae" or not hasattr(purifier, "stage1_"):
             raise UnlearnableError(f"{path} holds a {purifier.name} with no stage-1 D-VAE: nothing to trace")

@@ -12,7 +12,8 @@ counterparts ``x_c`` (the set's source, reloaded):
 * ``out_cos`` / ``out_rms``: the same for the whole purification (``purify(x_p) - purify(x_c)``): what of the poison
   the purified set still carries.
 * ``p_rms_abs`` and ``s1_added_rms``: the RMS of ``p_hat(x_p)`` and of what stage 1's subtraction changes in the
-  images (``clamp(x_p - p_hat) - x_p``), beside ``d_rms``, the poison's own RMS.
+  images (``clamp(x_p - p_hat) - x_p``; for a ``p_clip`` fit, ``p_hat`` there is ``clamp(x_hat + p_hat) - x_hat``),
+  beside ``d_rms``, the poison's own RMS.
 
     python benchmarks/dvae_trace.py POISONED PURIFIED [PURIFIED ...] [--sample 6000] [--json F]
 
@@ -42,7 +43,9 @@ def trace(purifier, x_p: np.ndarray, x_c: np.ndarray, y: np.ndarray) -> dict:
     d = (x_p.astype(np.float32) - x_c.astype(np.float32)) / 255
     xh_p, p_p = purifier.decompose(x_p, y, 1)
     xh_c, p_c = purifier.decompose(x_c, y, 1)
-    x1 = np.clip(x_p.astype(np.float32) / 255 - p_p, 0, 1)
+    # what stage 1 subtracts: p_hat as decoded, or with ``p_clip`` only the part its loss sees (DVAE._subtracted)
+    sub = np.clip(xh_p + p_p, 0, 1) - xh_p if getattr(purifier, "p_clip", False) else p_p
+    x1 = np.clip(x_p.astype(np.float32) / 255 - sub, 0, 1)
     out = (purifier.purify(x_p, y).astype(np.float32) - purifier.purify(x_c, y).astype(np.float32)) / 255
     row = {}
     for name, diff in (("p", p_p - p_c), ("xhat", xh_p - xh_c), ("out", out)):

@@ -44,7 +44,7 @@ def test_attack_benchmark_resumes_where_it_stopped(tmp_path):
 def test_dvae_trace_reads_a_perfect_and_a_blind_purifier_apart():
     """``dvae_trace.trace`` against two stand-ins with known answers: one whose ``p_hat`` is exactly the poison and
     whose output is the clean image (p 1 / 1, output 0 / 0), one that passes every image through unchanged with
-    ``p_hat = 0`` (p 0 / 0, reconstruction and output 1 / 1)."""
+    ``p_hat = 0`` (p 0 / 0, reconstruction and output 1 / 1); and stage 1's change as a ``p_clip`` fit makes it."""
     import numpy as np
 
     sys.path.insert(0, str(BENCH))
@@ -79,3 +79,13 @@ def test_dvae_trace_reads_a_perfect_and_a_blind_purifier_apart():
     assert perfect["s1_added_rms"] == perfect["d_rms"] == round(8 / 255, 5)
     assert (blind["p_cos"], blind["p_rms"], blind["xhat_cos"], blind["xhat_rms"]) == (0, 0, 1, 1)
     assert (blind["out_cos"], blind["out_rms"], blind["s1_added_rms"]) == (1, 1, 0)
+
+    class Hidden(Blind):  # p_hat all below a black x_hat: the loss never sees it, and p_clip subtracts nothing
+        p_clip = True
+
+        def decompose(self, x, y, stage):
+            return np.zeros(x.shape, np.float32), np.full(x.shape, -0.5, np.float32)
+
+    assert trace(Hidden(), poisoned, clean, y)["s1_added_rms"] == 0
+    Hidden.p_clip = False  # the official subtraction lightens every pixel by 0.5 (up to white)
+    assert trace(Hidden(), poisoned, clean, y)["s1_added_rms"] > 0.3

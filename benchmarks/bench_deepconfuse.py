@@ -20,7 +20,9 @@ stratified subset (resnet18 is ~60 images/s on a 2-core CPU; it trains on 2,000 
 0.05``, BENCHMARKS.md). ``--victim-seeds 0,1,2`` trains each ``victims`` victim once per seed and reports the
 means, with the runs and their standard deviation beside them. ``--plot`` draws ``partial`` and ``eps-sweep`` as
 curves (PNG) with the clean victim as a dashed line, after training that victim too. One JSON line per result goes
-to ``--json``.
+to ``--json``; with ``--resume``, ``train``, ``eps-sweep``, ``victims`` and ``partial`` skip what a row there already
+holds (same data, options, victim settings and budget, victim or ratio; the plot's clean victim too), so a sweep
+stopped after some budgets goes on from the next one (each is a generator: minutes to a quarter of an hour).
 
 The official pretrained generators (``kingfengji/DeepConfuse``, e.g. ``MNIST/pretrained/atkmnist_best.pt``) run
 through ``victims`` once imported: ``unlearnable import-generator FILE --arch ae-official --eps 0.3 [--targeted]
@@ -38,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import budget_list, emit, number_list, run_meta, run_script, seed_list, summary, victim_runs
+from _common import (budget_list, emit, job_key, measured_before, number_list, run_meta, run_script, seed_list,
+                     skip_note, summary, victim_runs)
 from unlearnable.attacks import create_attack
 from unlearnable.attacks.deepconfuse import load_generator, protect, protect_set, target_rate
 from unlearnable.data import load
@@ -75,6 +78,8 @@ def main() -> None:
     ap.add_argument("--png", default="deepconfuse-svm-weights.png")
     ap.add_argument("--plot", help="`partial` / `eps-sweep`: also train the clean victim and draw the curves here")
     ap.add_argument("--json", default="benchmarks/results/deepconfuse.jsonl")
+    ap.add_argument("--resume", action="store_true", help="skip the budgets, victims and ratios --json has a row for "
+                    "(train, eps-sweep, victims, partial)")
     args = ap.parse_args()
     seeds = seed_list(args.victim_seeds, args.seed)
     batch_sizes = number_list(args.batch_sizes, int, "--batch-sizes")
@@ -103,15 +108,31 @@ def main() -> None:
     def record(row: dict) -> dict:
         return emit({**base, **row}, args.json)
 
+    def done(what: str, **job) -> dict | None:
+        """With ``--resume``, the row of ``job`` measured before (and a line saying so), else None."""
+        key = job_key(base, experiment=args.experiment, **job)
+        if args.experiment in ("train", "eps-sweep"):
+            del key["generator"]  # a budget's row names the file it wrote (--out), not the generator it used
+        row = measured_before(args.json, key) if args.resume else None
+        if row is not None:
+            skip_note(what, row, args.json)
+        return row
+
     def clean_victim() -> float:
         """The default victim on the clean training split: the dashed line of a ``--plot``."""
-        acc = train(victim_set(train_set), test_set, "cnn", cfg).test_acc
-        record({"experiment": args.experiment, "victim": "cnn", "clean": acc})
-        return acc
+        row = done("the clean victim", victim="cnn", eps=None)  # eps None: no budget, no generator
+        if row is None:
+            acc = train(victim_set(train_set), test_set, "cnn", cfg).test_acc
+            row = record({"experiment": args.experiment, "victim": "cnn", "eps": None, "clean": acc})
+        return row["clean"]
 
     if args.experiment in ("train", "eps-sweep"):
         rows = []
         for eps in budgets:
+            row = done(f"eps {eps:g}", eps=eps, options=options)
+            if row is not None:
+                rows.append(row)
+                continue
             attack = create_attack("deepconfuse", eps=eps, **{"seed": args.seed, **options})
             t0 = time.perf_counter()
             attack.fit(train_set)
@@ -166,6 +187,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, eval_every=cfg.epochs)  # only the final accuracy is reported
         targeted = generator.config.get("targeted", False)
         for name in args.victims.split(","):
+            if done(f"victim {name}", victim=name, victim_seeds=seeds):
+                continue
             clean = victim_runs(victim_set(train_set), test_set, name, cfg, seeds)
             bad = victim_runs(victim_set(protected), test_set, name, cfg, seeds)
             rates = [target_rate(r.model, test_set) for r in bad] if targeted else []
@@ -176,6 +199,10 @@ def main() -> None:
     elif args.experiment == "partial":
         rows = []
         for ratio in ratios:
+            row = done(f"ratio {ratio:g}", ratio=ratio)
+            if row is not None:
+                rows.append(row)
+                continue
             index = create_attack("label-flip", ratio=ratio, seed=args.seed).select(len(train_set))
             x = train_set.x.copy()
             x[index] = protected.x[index]
@@ -212,4 +239,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, resumable=True)

@@ -89,3 +89,28 @@ def test_dvae_trace_reads_a_perfect_and_a_blind_purifier_apart():
     assert trace(Hidden(), poisoned, clean, y)["s1_added_rms"] == 0
     Hidden.p_clip = False  # the official subtraction lightens every pixel by 0.5 (up to white)
     assert trace(Hidden(), poisoned, clean, y)["s1_added_rms"] > 0.3
+
+
+def test_deepconfuse_sweep_resumes_from_the_next_budget(small_train, tmp_path):
+    """``eps-sweep --resume`` takes the budgets (and the plot's clean victim) ``--json`` holds from their rows and
+    fits only the missing generator; a line a crash cut short is passed over."""
+    import numpy as np
+
+    part = small_train.take(300, seed=1)
+    np.savez(tmp_path / "d.npz", x=part.x, y=part.y)
+    out = tmp_path / "rows.jsonl"
+    common = ["eps-sweep", "--data", f"npz:{tmp_path / 'd.npz'}", "--set", "preset=smoke", "--epochs", "1",
+              "--json", str(out)]
+    first = bench("bench_deepconfuse.py", *common, "--eps", "0.2")
+    assert first.returncode == 0, first.stderr
+    out.write_text(out.read_text() + '{"experiment": "eps-sweep", "eps": 0.3, "da')  # cut by a crash
+    plot = tmp_path / "sweep.png"
+    again = bench("bench_deepconfuse.py", *common, "--eps", "0.2,0.3", "--resume", "--plot", str(plot))
+    assert again.returncode == 0, again.stderr
+    assert "--resume: eps 0.2 was measured on" in again.stderr and "eps 0.3 was" not in again.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    assert [(r["eps"], "acc" in r, "clean" in r) for r in rows] == [(0.2, 1, 0), (0.3, 1, 0), (None, 0, 1)]
+    assert plot.is_file()
+    last = bench("bench_deepconfuse.py", *common, "--eps", "0.2,0.3", "--resume", "--plot", str(plot))
+    assert last.returncode == 0 and "the clean victim was measured on" in last.stderr, last.stderr
+    assert len(out.read_text().splitlines()) == 4  # nothing measured twice

@@ -615,8 +615,9 @@ class DVAE(RateConstrainedVAE):
     in inference step 2, only the part the loss can see, ``clamp(x_hat + p_hat, 0, 1) - x_hat`` (at most ``x_hat``
     where the image is 0). Full Fashion-MNIST, ``fast``, one victim a fit (BENCHMARKS.md, D-VAE, session 63): against
     class-wise EM 8/255 it recovered more at four seeds of five (mean drop 3.84 against 4.65 points), and the clean
-    split cost 2.94 against 3.23 (seeds 0-2); against sample-wise EM one seed (88.72% against 88.57%), other
-    per-image attacks none, so the official subtraction stays the default.
+    split cost 2.94 against 3.23 (seeds 0-2); against the per-image attacks it is no better (session 64):
+    sample-wise EM 87.63% against 87.91% (seeds 0-4), REM 87.61% against 87.13% (seeds 0-2), TAP 89.05% against
+    89.45% (seed 0), each within one victim's spread, so the official subtraction stays the default.
 
     After :meth:`transform` (or :meth:`purify`), ``perturbation_`` holds the per-sample estimate ``p_hat`` of the
     first stage that ran (float32 ``N x C x H x W`` on the [0, 1] scale; with ``p_clip``, the part it subtracted);

@@ -43,8 +43,10 @@ def trace(purifier, x_p: np.ndarray, x_c: np.ndarray, y: np.ndarray) -> dict:
     d = (x_p.astype(np.float32) - x_c.astype(np.float32)) / 255
     xh_p, p_p = purifier.decompose(x_p, y, 1)
     xh_c, p_c = purifier.decompose(x_c, y, 1)
+    from unlearnable.defenses.dvae import visible_perturbation
+
     # what stage 1 subtracts: p_hat as decoded, or with ``p_clip`` only the part its loss sees (DVAE._subtracted)
-    sub = np.clip(xh_p + p_p, 0, 1) - xh_p if getattr(purifier, "p_clip", False) else p_p
+    sub = visible_perturbation(xh_p, p_p) if getattr(purifier, "p_clip", False) else p_p
     x1 = np.clip(x_p.astype(np.float32) / 255 - sub, 0, 1)
     out = (purifier.purify(x_p, y).astype(np.float32) - purifier.purify(x_c, y).astype(np.float32)) / 255
     row = {}

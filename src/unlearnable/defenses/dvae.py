@@ -250,6 +250,12 @@ def rate_term(kld: torch.Tensor, limit: float) -> torch.Tensor:
     return torch.clamp(kld, min=limit)
 
 
+def visible_perturbation(x_hat, p):
+    """The part of ``p_hat`` the D-VAE loss can see, ``clamp(x_hat + p_hat, 0, 1) - x_hat``: what ``p_clip``
+    subtracts (torch tensors or numpy arrays alike)."""
+    return (x_hat + p).clip(0, 1) - x_hat
+
+
 def official_kld_weight(limit: float) -> float:
     """The official rule (``main_vae_disentangle.py``): lambda = 0.01 if the limit exceeds 0.99, else 0.5."""
     return 0.01 if limit > 0.99 else 0.5
@@ -706,8 +712,7 @@ class DVAE(RateConstrainedVAE):
         the loss can see, ``clamp(x_hat + p_hat, 0, 1) - x_hat`` (same sampled ``z`` for both decoders)."""
         if not self.p_clip:
             return self._infer(net, x, y, gen, "p")[1]
-        x_hat, p = self._infer(net, x, y, gen, "xp")
-        return (x_hat + p).clamp_(0, 1).sub_(x_hat)
+        return visible_perturbation(*self._infer(net, x, y, gen, "xp"))
 
     def _stage1(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(x1 as uint8, p_hat_1 as float32)`` of uint8 images."""
